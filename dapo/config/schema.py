@@ -1,0 +1,341 @@
+"""The run config schema (pydantic). Names follow NVIDIA NeMo RL where it has them.
+
+Every section forbids unknown keys. Cross-field rules live in validators whose messages name the
+fields involved. The ratio clips may be given under `grpo.` (as DAPO's recipes do) or `loss_fn.`
+(as NeMo RL does); `RunConfig` reconciles the two and rejects a config that sets them differently.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class TokenizerConfig(Section):
+    name: str | None = None
+    """Tokenizer directory; defaults to `policy.model_name`."""
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw"] = "adamw"
+    """Optimizer (AdamW)."""
+    lr: float = Field(1e-6, gt=0, le=1)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.01, ge=0)
+    """Decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas, each in [0, 1)."""
+    eps: float = Field(1e-8, gt=0)
+    """AdamW epsilon."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up from 0 to `lr` over this many optimizer steps, then constant."""
+
+    @model_validator(mode="after")
+    def _check_betas(self) -> OptimizerConfig:
+        for i, beta in enumerate(self.betas):
+            if not 0 <= beta < 1:
+                raise ValueError(f"betas[{i}] must be in [0, 1), got {beta}")
+        return self
+
+
+class GenerationConfig(Section):
+    temperature: float = Field(1.0, gt=0, le=10)
+    """Sampling temperature."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    top_k: int = Field(-1, ge=-1)
+    """Top-k sampling; -1 (or 0) disables it."""
+    max_new_tokens: int = Field(512, ge=1)
+    """Longest answer sampled; answers cut here are truncated."""
+    stop: list[str] = Field(default_factory=list)
+    """Stop strings (the tokenizer's EOS always stops)."""
+
+
+class PolicyConfig(Section):
+    model_name: str = "Qwen/Qwen2.5-1.5B"
+    """Hugging Face model directory (or a name in the local HF cache)."""
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    """Tokenizer settings."""
+    max_total_sequence_length: int = Field(2048, ge=16)
+    """Prompt plus answer tokens, at most."""
+    train_global_batch_size: int = Field(512, ge=1)
+    """Sequences per optimizer step, over all data-parallel ranks."""
+    train_micro_batch_size: int = Field(4, ge=1)
+    """Sequences per forward/backward pass on one rank."""
+    max_tokens_per_microbatch: int | None = Field(None, ge=1)
+    """Token budget per micro-batch; when set, micro-batches are packed by tokens instead of count."""
+    precision: Literal["float32", "bfloat16"] = "bfloat16"
+    """Parameter dtype in forward/backward (gradients are reduced in float32)."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Gradient clipping by global norm; null disables it."""
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    """Optimizer settings."""
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    """Sampling settings of the rollout engine."""
+    logprob_chunk_size: int = Field(1024, ge=1)
+    """Tokens per chunk when computing log-probs, so [tokens, vocab] never exists whole."""
+
+    @model_validator(mode="after")
+    def _check_batches(self) -> PolicyConfig:
+        if self.train_global_batch_size % self.train_micro_batch_size:
+            raise ValueError(
+                f"policy.train_global_batch_size ({self.train_global_batch_size}) must be divisible by "
+                f"policy.train_micro_batch_size ({self.train_micro_batch_size})"
+            )
+        if self.generation.max_new_tokens >= self.max_total_sequence_length:
+            raise ValueError(
+                f"policy.generation.max_new_tokens ({self.generation.max_new_tokens}) must be less than "
+                f"policy.max_total_sequence_length ({self.max_total_sequence_length})"
+            )
+        return self
+
+
+class RewardShapingConfig(Section):
+    enabled: bool = False
+    """Apply DAPO's soft overlong penalty (eq. 13)."""
+    overlong_buffer_length: int = Field(0, ge=0)
+    """L_cache: the penalty ramps over the last this-many tokens before `max_response_length`."""
+    overlong_buffer_penalty: float = Field(1.0, ge=0)
+    """Penalty at `max_response_length` (the ramp goes from 0 down to minus this)."""
+    max_response_length: int | None = Field(None, ge=1)
+    """L_max; defaults to `policy.generation.max_new_tokens`."""
+
+
+class GRPOConfig(Section):
+    num_prompts_per_step: int = Field(32, ge=1)
+    """Prompts (groups) in each training batch after dynamic sampling."""
+    num_generations_per_prompt: int = Field(16, ge=1)
+    """Group size G."""
+    max_num_steps: int = Field(100, ge=1)
+    """Training steps (generation batches) in the run."""
+    seed: int = Field(42, ge=0)
+    """Seed for data order, sampling and initialisation."""
+    normalize_rewards: bool = True
+    """Divide advantages by the group's reward std (GRPO/DAPO); false gives Dr. GRPO's mean-only baseline."""
+    use_leave_one_out_baseline: bool = False
+    """Baseline each sample with the mean of the other samples in its group."""
+    ratio_clip_min: float | None = Field(None, ge=0, lt=1)
+    """Alias of `loss_fn.ratio_clip_min` (eps_low)."""
+    ratio_clip_max: float | None = Field(None, ge=0, lt=1)
+    """Alias of `loss_fn.ratio_clip_max` (eps_high)."""
+    ratio_clip_c: float | None = Field(None, gt=1)
+    """Alias of `loss_fn.ratio_clip_c` (dual clip)."""
+    use_dynamic_sampling: bool = True
+    """Drop groups whose answers are all right or all wrong, and keep sampling until the batch is full."""
+    batch_multiplier: float = Field(1.0, ge=1)
+    """Over-sampling factor: prompts generated per round = ceil(num_prompts_per_step * this)."""
+    dynamic_sampling_max_gen_batches: int = Field(10, ge=1)
+    """Generation rounds allowed to fill one batch before the step fails."""
+    overlong_filtering: bool = False
+    """Mask truncated answers out of the loss."""
+    reward_shaping: RewardShapingConfig = Field(default_factory=RewardShapingConfig)
+    """Overlong reward shaping."""
+    max_staleness: int = Field(0, ge=0)
+    """Train on samples at most this many policy versions old; 0 is fully synchronous."""
+    val_period: int = Field(0, ge=0)
+    """Validate every this many steps (0: only before and after training)."""
+    val_at_start: bool = True
+    """Validate before the first step."""
+
+
+class LossConfig(Section):
+    ratio_clip_min: float = Field(0.2, ge=0, lt=1)
+    """eps_low: the ratio is clipped below at 1 - this."""
+    ratio_clip_max: float = Field(0.28, ge=0, lt=1)
+    """eps_high: the ratio is clipped above at 1 + this (DAPO's clip-higher)."""
+    ratio_clip_c: float | None = Field(None, gt=1)
+    """Dual-clip constant c (> 1) for negative advantages; null disables it."""
+    token_level_loss: bool = True
+    """Average over all tokens of the global batch (DAPO); false averages per sequence first (GRPO)."""
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] | None = None
+    """Loss aggregation; defaults from `token_level_loss`."""
+    reference_policy_kl_penalty: float = Field(0.0, ge=0)
+    """Weight of the k3 KL to the reference policy (0: no reference model)."""
+    use_importance_sampling_correction: bool = False
+    """Weight tokens by min(exp(old_logp - rollout_logp), C) (truncated importance sampling)."""
+    truncated_importance_sampling_ratio: float = Field(2.0, gt=0)
+    """C, the cap of the importance weight."""
+    log_ratio_clamp: float = Field(20.0, gt=0)
+    """The log-ratio is clamped to +-this before exp."""
+
+    @model_validator(mode="after")
+    def _default_aggregation(self) -> LossConfig:
+        expected = "token-mean" if self.token_level_loss else "seq-mean-token-mean"
+        if self.aggregation is None:
+            object.__setattr__(self, "aggregation", expected)
+        elif self.token_level_loss and self.aggregation != "token-mean":
+            raise ValueError(
+                f"loss_fn.aggregation={self.aggregation!r} contradicts loss_fn.token_level_loss=true "
+                "(set token_level_loss: false for sequence-level aggregation)"
+            )
+        return self
+
+
+class CheckpointingConfig(Section):
+    enabled: bool = True
+    """Write checkpoints."""
+    checkpoint_dir: str = "results/checkpoints"
+    """Where checkpoints (sharded state and Hugging Face exports) go."""
+    save_period: int = Field(10, ge=1)
+    """Checkpoint every this many steps (and at the end)."""
+    keep_top_k: int | None = Field(3, ge=1)
+    """Keep only the newest this-many checkpoints; null keeps all."""
+
+
+class WandbConfig(Section):
+    project: str = "dapo"
+    """W&B project."""
+    name: str | None = None
+    """W&B run name."""
+
+
+class LoggerConfig(Section):
+    log_dir: str = "results/logs"
+    """Metrics JSONL, TensorBoard events and plots go here (one folder per run)."""
+    wandb_enabled: bool = False
+    """Log to Weights & Biases."""
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    """W&B settings."""
+    tensorboard_enabled: bool = True
+    """Write TensorBoard event files."""
+
+
+class ClusterConfig(Section):
+    gpus_per_node: int = Field(0, ge=0)
+    """GPUs on each node (0: CPU only)."""
+    num_nodes: int = Field(1, ge=1)
+    """Nodes in the trainer's torchrun group."""
+    num_rollout_servers: int = Field(1, ge=1)
+    """Rollout servers the local launcher starts."""
+    rollout_gpus: int | None = Field(None, ge=0)
+    """GPUs of a node given to rollout servers (the rest go to the trainer); default half."""
+    trainer_processes_per_node: int | None = Field(None, ge=1)
+    """Trainer ranks per node; default: its GPUs, or 1 on CPU."""
+
+
+class DataConfig(Section):
+    train_file: str = "data/train.jsonl"
+    """Training prompts: JSONL or Parquet in verl/NeMo row format, or GSM8K's."""
+    validation_file: str | None = None
+    """Held-out prompts in the same formats."""
+    format: Literal["auto", "verl", "gsm8k", "math"] = "auto"
+    """Row format; auto detects it from the first row."""
+    prompt_template: str | None = None
+    """Python format string with `{question}`; applied before the chat template."""
+    use_chat_template: bool = True
+    """Render prompts with the model's chat template."""
+    max_val_samples: int | None = Field(200, ge=1)
+    """Validate on at most this many held-out prompts."""
+    shuffle: bool = True
+    """Shuffle training prompts each epoch (seeded by `grpo.seed`)."""
+
+
+class MathEnvConfig(Section):
+    verifier: Literal["math_verify", "dapo", "dapo_boxed"] = "math_verify"
+    """Answer checker: math-verify, DAPO's `Answer:` rule, or DAPO's strict last-\\boxed{} rule."""
+    timeout: int = Field(5, ge=1, le=300)
+    """Seconds allowed to verify one item (whole seconds: math-verify needs an int)."""
+    workers: int = Field(2, ge=1, le=256)
+    """Worker processes of the reward service."""
+    max_response_chars: int = Field(100_000, ge=1)
+    """Longer answers score as wrong with error `too_large`."""
+    binary_reward: bool = False
+    """Score 1/0 instead of DAPO's +1/-1."""
+
+
+class EnvConfig(Section):
+    math: MathEnvConfig = Field(default_factory=MathEnvConfig)
+    """Math-answer verification."""
+
+
+class ServicesConfig(Section):
+    redis_url: str | None = None
+    """Redis URL; null lets the launcher start a private redis-server (or uses $REDIS_URL)."""
+    rollout_addresses: list[str] = Field(default_factory=list)
+    """host:port of rollout gRPC servers; empty lets the launcher start them."""
+    reward_address: str | None = None
+    """host:port of the reward gRPC server; null lets the launcher start it."""
+    weights_address: str | None = None
+    """host:port of the trainer's weight publisher; null lets the launcher start the trainer."""
+    rpc_timeout_s: float = Field(600.0, gt=0)
+    """Deadline of one Generate or Score call."""
+    trainer_restart_timeout_s: float = Field(300.0, gt=0)
+    """A trainer silent for longer than this fails the run."""
+
+
+class RunConfig(Section):
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    """The policy model and its training."""
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    """The RL loop."""
+    loss_fn: LossConfig = Field(default_factory=LossConfig)
+    """The DAPO loss."""
+    checkpointing: CheckpointingConfig = Field(default_factory=CheckpointingConfig)
+    """Checkpoints."""
+    logger: LoggerConfig = Field(default_factory=LoggerConfig)
+    """Metrics logging."""
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    """Hardware layout."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Datasets."""
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    """Reward environment."""
+    services: ServicesConfig = Field(default_factory=ServicesConfig)
+    """Where each service is."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reconcile_ratio_clips(cls, data: Any) -> Any:
+        """Accept the ratio clips under `grpo.` or `loss_fn.`; reject different values in the two."""
+        if not isinstance(data, dict):
+            return data
+        grpo, loss = data.get("grpo"), data.get("loss_fn")
+        if not isinstance(grpo, dict):
+            return data
+        loss = dict(loss) if isinstance(loss, dict) else {}
+        for key in ("ratio_clip_min", "ratio_clip_max", "ratio_clip_c"):
+            if grpo.get(key) is None:
+                continue
+            if key in loss and loss[key] != grpo[key]:
+                raise ValueError(
+                    f"grpo.{key} ({grpo[key]}) and loss_fn.{key} ({loss[key]}) differ: set one of them"
+                )
+            loss[key] = grpo[key]
+        return {**data, "loss_fn": loss}
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> RunConfig:
+        # Mirror the canonical clips into grpo so both spellings read the same value.
+        for key in ("ratio_clip_min", "ratio_clip_max", "ratio_clip_c"):
+            object.__setattr__(self.grpo, key, getattr(self.loss_fn, key))
+        generation_batch = self.grpo.num_prompts_per_step * self.grpo.num_generations_per_prompt
+        if generation_batch % self.policy.train_global_batch_size:
+            raise ValueError(
+                f"grpo.num_prompts_per_step * grpo.num_generations_per_prompt ({generation_batch}) must be "
+                f"divisible by policy.train_global_batch_size ({self.policy.train_global_batch_size})"
+            )
+        if self.grpo.use_dynamic_sampling and self.grpo.num_generations_per_prompt < 2:
+            raise ValueError("grpo.use_dynamic_sampling needs grpo.num_generations_per_prompt >= 2")
+        shaping = self.grpo.reward_shaping
+        max_response = shaping.max_response_length or self.policy.generation.max_new_tokens
+        if shaping.enabled and shaping.overlong_buffer_length >= max_response:
+            raise ValueError(
+                f"grpo.reward_shaping.overlong_buffer_length ({shaping.overlong_buffer_length}) must be "
+                f"less than grpo.reward_shaping.max_response_length ({max_response})"
+            )
+        return self
+
+    @property
+    def generation_batch_size(self) -> int:
+        """Answers per training step: prompts per step times the group size."""
+        return self.grpo.num_prompts_per_step * self.grpo.num_generations_per_prompt
+
+    @property
+    def max_response_length(self) -> int:
+        """L_max of the overlong shaping."""
+        return self.grpo.reward_shaping.max_response_length or self.policy.generation.max_new_tokens

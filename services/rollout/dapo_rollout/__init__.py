@@ -1,0 +1,1 @@
+"""dapo rollout service."""
