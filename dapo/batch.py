@@ -126,17 +126,35 @@ class TrainBatch:
             arrays = st_load(bytes(payload))
             meta = _read_metadata(bytes(payload))
         except Exception as exc:  # a corrupt buffer is bad input, named as such
-            raise BatchFormatError(f"batch {batch_id}: field 'payload' is not a safetensors buffer: {exc}") from None
+            raise BatchFormatError(
+                f"batch {batch_id}: field 'payload' is not a safetensors buffer: {exc}"
+            ) from None
         if meta.get("format") != FORMAT_VERSION:
-            raise BatchFormatError(f"batch {batch_id}: field 'format' is {meta.get('format')!r}, expected '1'")
-        needed = ("prompt_ids", "prompt_offsets", "response_ids", "response_offsets", "rollout_logprobs",
-                  "loss_mask", "advantages", "versions")
+            raise BatchFormatError(
+                f"batch {batch_id}: field 'format' is {meta.get('format')!r}, expected '1'"
+            )
+        needed = (
+            "prompt_ids",
+            "prompt_offsets",
+            "response_ids",
+            "response_offsets",
+            "rollout_logprobs",
+            "loss_mask",
+            "advantages",
+            "versions",
+        )
         for name in needed:
             if name not in arrays:
                 raise BatchFormatError(f"batch {batch_id}: field '{name}' is missing")
         for flat, offsets in (("prompt_ids", "prompt_offsets"), ("response_ids", "response_offsets")):
             off = arrays[offsets]
-            if off.ndim != 1 or len(off) == 0 or off[0] != 0 or np.any(np.diff(off) < 0) or off[-1] != len(arrays[flat]):
+            if (
+                off.ndim != 1
+                or len(off) == 0
+                or off[0] != 0
+                or np.any(np.diff(off) < 0)
+                or off[-1] != len(arrays[flat])
+            ):
                 raise BatchFormatError(f"batch {batch_id}: field '{offsets}' does not index '{flat}'")
         for name in ("rollout_logprobs", "loss_mask"):
             if len(arrays[name]) != len(arrays["response_ids"]):

@@ -1,10 +1,10 @@
 """The `dapo` command line. Thin: it parses arguments and imports the heavy parts only when needed.
 
-    dapo run CONFIG [key=value ...]       launch everything locally and run one training run
-    dapo up [CONFIG] [key=value ...]      launch the services only
-    dapo config CONFIG [key=value ...]    print the resolved, validated config as JSON
-    dapo make-tiny-model DIR              build the tiny CPU model, its tokenizer and task data
-    dapo controller|rollout|reward|trainer [args]   start one service (`--help` for its flags)
+dapo run CONFIG [key=value ...]       launch everything locally and run one training run
+dapo up [CONFIG] [key=value ...]      launch the services only
+dapo config CONFIG [key=value ...]    print the resolved, validated config as JSON
+dapo make-tiny-model DIR              build the tiny CPU model, its tokenizer and task data
+dapo controller|rollout|reward|trainer [args]   start one service (`--help` for its flags)
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     target = SERVICES.get(command) or COMMANDS.get(command)
     if target is None:
-        print(f"dapo: unknown command '{command}'; expected one of: {', '.join([*COMMANDS, *SERVICES])}",
-              file=sys.stderr)
+        print(
+            f"dapo: unknown command '{command}'; expected one of: {', '.join([*COMMANDS, *SERVICES])}",
+            file=sys.stderr,
+        )
         return 2
     module = importlib.import_module(target)
     if command in ("run", "up"):

