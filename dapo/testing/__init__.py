@@ -1,1 +1,0 @@
-"""Helpers for tests and benchmarks that start real servers (Redis) on loopback."""
