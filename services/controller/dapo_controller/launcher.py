@@ -1,0 +1,441 @@
+"""`dapo run` and `dapo up`: every service as a local process, without Docker.
+
+`dapo run CONFIG [key=value ...]` uses $REDIS_URL (or services.redis_url) if set, else starts a private
+redis-server; starts the reward service, the rollout server(s), the trainer and the controller;
+submits the run over REST; shows progress; writes metrics (JSONL, TensorBoard, W&B if enabled, a PNG)
+under `logger.log_dir/<run id>/`; restarts a service that dies (a bounded number of times, as
+compose's restart policy would); exits with the run's outcome (0 only if it succeeded) and stops
+everything it started, also on Ctrl-C. `dapo up [CONFIG]` starts the services only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+import yaml
+
+from dapo import keys
+from dapo.config import ConfigError, RunConfig, load_config
+from dapo.local_redis import RedisServer, free_port
+
+TERMINAL = {"succeeded", "failed", "stopped"}
+
+
+@dataclass
+class ServiceProcess:
+    """One service process, restarted up to `max_restarts` times when it dies."""
+
+    name: str
+    cmd: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    max_restarts: int = 3
+    restarts: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self.process = subprocess.Popen(
+            self.cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops the children in order
+        )
+        log.close()
+
+    def exit_code(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(grace_s)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+
+    def tail(self, num_lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-num_lines:])
+        except OSError:
+            return ""
+
+
+def _gpu_split(config: RunConfig) -> tuple[list[list[str]], list[str]]:
+    """CUDA devices for each rollout server and for the trainer on this node ([] on CPU)."""
+    gpus = config.cluster.gpus_per_node
+    servers = config.cluster.num_rollout_servers
+    if gpus == 0:
+        return [[] for _ in range(servers)], []
+    rollout_gpus = (
+        config.cluster.rollout_gpus if config.cluster.rollout_gpus is not None else max(1, gpus // 2)
+    )
+    if rollout_gpus < servers or rollout_gpus >= gpus:
+        raise ConfigError(
+            f"cluster.rollout_gpus ({rollout_gpus}) must be at least cluster.num_rollout_servers ({servers}) "
+            f"and leave the trainer at least one of cluster.gpus_per_node ({gpus})"
+        )
+    per_server = rollout_gpus // servers
+    ids = [str(i) for i in range(gpus)]
+    return [ids[i * per_server : (i + 1) * per_server] for i in range(servers)], ids[rollout_gpus:]
+
+
+class Launcher:
+    def __init__(self, config: RunConfig, work_dir: Path, config_dict: dict[str, Any]) -> None:
+        self.config = config
+        self.config_dict = config_dict
+        self.work_dir = work_dir
+        self.redis_server: RedisServer | None = None
+        self.services: list[ServiceProcess] = []
+        self.redis_url = os.environ.get("REDIS_URL") or config.services.redis_url
+        self.run_id: str | None = None
+
+    # --- services ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        if not self.redis_url:
+            self.redis_server = RedisServer(appendonly=True)
+            self.redis_url = self.redis_server.url
+        py = [sys.executable, "-m", "dapo.cli"]
+        logs = self.work_dir / "services"
+        self.reward_address = cfg.services.reward_address
+        if not self.reward_address:
+            port = free_port()
+            self.reward_address = f"127.0.0.1:{port}"
+            math_cfg = cfg.env.math
+            self.services.append(
+                ServiceProcess(
+                    "reward",
+                    [
+                        *py,
+                        "reward",
+                        "--grpc-port",
+                        str(port),
+                        "--http-port",
+                        str(free_port()),
+                        "--workers",
+                        str(math_cfg.workers),
+                        "--timeout",
+                        str(math_cfg.timeout),
+                        "--max-response-chars",
+                        str(math_cfg.max_response_chars),
+                    ],
+                    logs / "reward.log",
+                )
+            )
+        self.weights_address = cfg.services.weights_address or f"127.0.0.1:{free_port()}"
+        rollout_gpus, trainer_gpus = _gpu_split(cfg)
+        self.rollout_addresses = list(cfg.services.rollout_addresses)
+        if not self.rollout_addresses:
+            for i in range(cfg.cluster.num_rollout_servers):
+                port = free_port()
+                self.rollout_addresses.append(f"127.0.0.1:{port}")
+                env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+                if rollout_gpus[i]:
+                    env["CUDA_VISIBLE_DEVICES"] = ",".join(rollout_gpus[i])
+                self.services.append(
+                    ServiceProcess(
+                        f"rollout-{i}",
+                        [
+                            *py,
+                            "rollout",
+                            "--model",
+                            cfg.policy.model_name,
+                            "--port",
+                            str(port),
+                            "--metrics-port",
+                            str(free_port()),
+                            "--weights-address",
+                            self.weights_address,
+                            "--max-model-len",
+                            str(cfg.policy.max_total_sequence_length),
+                            "--seed",
+                            str(cfg.grpo.seed + i),
+                        ],
+                        logs / f"rollout-{i}.log",
+                        env=env,
+                    )
+                )
+        if not cfg.services.weights_address:
+            nproc = cfg.cluster.trainer_processes_per_node or max(1, len(trainer_gpus))
+            publisher_port = self.weights_address.rsplit(":", 1)[1]
+            trainer_args = [
+                "trainer",
+                "--redis-url",
+                self.redis_url,
+                "--publisher-port",
+                publisher_port,
+                "--metrics-port",
+                str(free_port()),
+            ]
+            if nproc > 1:
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    f"--nproc_per_node={nproc}",
+                    f"--master_port={free_port()}",
+                    "-m",
+                    "dapo.cli",
+                    *trainer_args,
+                ]
+            else:
+                cmd = [*py, *trainer_args]
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(trainer_gpus)} if trainer_gpus else {}
+            self.services.append(ServiceProcess("trainer", cmd, logs / "trainer.log", env=env))
+        self.controller_port = free_port()
+        self.controller_url = f"http://127.0.0.1:{self.controller_port}"
+        self.services.append(
+            ServiceProcess(
+                "controller",
+                [
+                    *py,
+                    "controller",
+                    "--redis-url",
+                    self.redis_url,
+                    "--port",
+                    str(self.controller_port),
+                    "--rollout-addresses",
+                    ",".join(self.rollout_addresses),
+                    "--reward-address",
+                    self.reward_address,
+                ],
+                logs / "controller.log",
+            )
+        )
+        for service in self.services:
+            service.start()
+        self._wait_ready()
+
+    def _wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.supervise()
+            try:
+                if httpx.get(f"{self.controller_url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(
+            f"the controller did not become ready in {timeout_s:.0f} s; see {self.work_dir / 'services'}"
+        )
+
+    def supervise(self) -> None:
+        """Restart services that died, within their budget; record it as a run event."""
+        for service in self.services:
+            code = service.exit_code()
+            if code is None:
+                continue
+            if service.restarts >= service.max_restarts:
+                raise RuntimeError(
+                    f"service {service.name} exited with code {code} and was restarted {service.restarts} times "
+                    f"already; its log ends with:\n{service.tail()}"
+                )
+            service.restarts += 1
+            self._event(
+                "service_restart",
+                f"{service.name} exited with code {code}; restarting "
+                f"({service.restarts}/{service.max_restarts})",
+            )
+            service.start()
+
+    def _event(self, kind: str, message: str) -> None:
+        print(f"[dapo] {message}", file=sys.stderr)
+        if self.run_id is None or self.redis_url is None:
+            return
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            client.xadd(
+                keys.events_stream(self.run_id),
+                {"data": json.dumps({"kind": kind, "message": message, "time": time.time()})},
+            )
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        # The controller first (it stops driving), then the workers, then Redis.
+        for service in reversed(self.services):
+            service.stop()
+        if self.redis_server is not None:
+            self.redis_server.stop()
+
+    # --- one run -----------------------------------------------------------------------------------
+
+    def submit(self) -> str:
+        reply = httpx.post(f"{self.controller_url}/v1/runs", json={"config": self.config_dict}, timeout=30)
+        if reply.status_code != 201:
+            raise RuntimeError(f"the controller refused the run ({reply.status_code}): {reply.text}")
+        self.run_id = str(reply.json()["id"])
+        return self.run_id
+
+    def request_stop(self) -> None:
+        if self.run_id is not None:
+            httpx.post(f"{self.controller_url}/v1/runs/{self.run_id}/stop", timeout=10)
+
+    def follow(self) -> dict[str, Any]:
+        """Show progress until the run ends; return its final record."""
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        assert self.run_id is not None
+        total = self.config.grpo.max_num_steps
+        self.records: list[dict[str, Any]] = []
+        latest: dict[str, Any] = {}
+        columns = [
+            TextColumn("[bold]step"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, transient=False) as progress:
+            task = progress.add_task("run", total=total, info="starting services")
+            while True:
+                self.supervise()
+                run = httpx.get(f"{self.controller_url}/v1/runs/{self.run_id}", timeout=10).json()
+                since = int(self.records[-1]["step"]) if self.records else 0
+                new = httpx.get(
+                    f"{self.controller_url}/v1/runs/{self.run_id}/metrics",
+                    params={"since": since},
+                    timeout=10,
+                ).json()
+                seen = {json.dumps(r, sort_keys=True) for r in self.records if int(r["step"]) >= since}
+                for record in new:
+                    if json.dumps(record, sort_keys=True) not in seen:
+                        self.records.append(record)
+                        latest.update(record)
+                done = sum(1 for r in self.records if r.get("source") == "trainer")
+                info = (
+                    " ".join(
+                        f"{label} {latest[key]:.3g}"
+                        for key, label in (
+                            ("train/reward", "reward"),
+                            ("val/accuracy", "val acc"),
+                            ("gen/tokens_per_s", "tok/s"),
+                        )
+                        if isinstance(latest.get(key), int | float)
+                    )
+                    or run["status"]
+                )
+                progress.update(task, completed=min(done, total), info=info)
+                if run["status"] in TERMINAL:
+                    return run
+                time.sleep(1.0)
+
+    def write_outputs(self, run: dict[str, Any]) -> Path:
+        from dapo_controller.reporting import (
+            merge_by_step,
+            plot_run,
+            write_jsonl,
+            write_tensorboard,
+            write_wandb,
+        )
+
+        out = Path(self.config.logger.log_dir) / str(self.run_id)
+        rows = merge_by_step(self.records)
+        write_jsonl(rows, out / "metrics.jsonl")
+        (out / "config.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+        if self.config.logger.tensorboard_enabled:
+            write_tensorboard(rows, out / "tensorboard")
+        if self.config.logger.wandb_enabled:
+            write_wandb(
+                rows, self.config.logger.wandb.project, self.config.logger.wandb.name, self.config_dict
+            )
+        plot_run(rows, out / "run.png", title=f"run {self.run_id}: {run['status']}")
+        return out
+
+
+def _summary(records: list[dict[str, Any]]) -> str:
+    val = [r for r in records if "val/accuracy" in r]
+    if len(val) < 1:
+        return "no validation ran"
+    first, last = val[0], val[-1]
+    return (
+        f"validation accuracy: {first['val/accuracy']:.1%} at step {first['step']} -> "
+        f"{last['val/accuracy']:.1%} at step {last['step']} "
+        f"({(last['val/accuracy'] - first['val/accuracy']) * 100:+.1f} points)"
+    )
+
+
+def main(argv: list[str]) -> int:
+    mode, rest = argv[0], argv[1:]
+    parser = argparse.ArgumentParser(prog=f"dapo {mode}", description=__doc__)
+    parser.add_argument("config", nargs="?" if mode == "up" else None, help="YAML run config")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    args = parser.parse_args(rest)
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"dapo {mode}: {exc}", file=sys.stderr)
+        return 2
+    config_dict = config.model_dump(mode="json")
+    work_dir = Path(config.logger.log_dir) / (
+        "services" if mode == "up" else time.strftime("launch-%Y%m%d-%H%M%S")
+    )
+    launcher = Launcher(config, work_dir, config_dict)
+    interrupted = False
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        launcher.start()
+        if mode == "up":
+            print(
+                f"controller {launcher.controller_url}  reward {launcher.reward_address}  "
+                f"rollout {','.join(launcher.rollout_addresses)}  weights {launcher.weights_address}  "
+                f"redis {launcher.redis_url}\nlogs in {work_dir}; Ctrl-C stops everything"
+            )
+            while True:
+                launcher.supervise()
+                time.sleep(1.0)
+        run_id = launcher.submit()
+        print(f"run {run_id} submitted to {launcher.controller_url} (logs: {work_dir})")
+        try:
+            run = launcher.follow()
+        except KeyboardInterrupt:
+            interrupted = True
+            print("interrupted: stopping the run", file=sys.stderr)
+            launcher.request_stop()
+            run = httpx.get(f"{launcher.controller_url}/v1/runs/{run_id}", timeout=10).json()
+        out = launcher.write_outputs(run)
+        print(f"run {run_id} {run['status']}" + (f": {run['error']}" if run.get("error") else ""))
+        print(_summary(launcher.records))
+        print(f"metrics, TensorBoard events and plot in {out}")
+        return 0 if run["status"] == "succeeded" and not interrupted else 1
+    except KeyboardInterrupt:
+        return 130
+    except RuntimeError as exc:
+        print(f"dapo {mode}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        launcher.stop()

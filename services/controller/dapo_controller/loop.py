@@ -1,0 +1,403 @@
+"""The DAPO loop of one run: dataset -> rollout -> reward -> dynamic sampling -> advantages -> batch queue.
+
+Everything the loop needs to continue after a controller restart lives in Redis: the dataset cursor
+and the next step are written in the same transaction as the TrainBatch they produced, so a batch is
+never queued twice nor skipped. Staleness is bounded by waiting, before generating step s, until the
+trainer has applied batch s - max_staleness - 1 (its policy version is at least s - max_staleness) and
+by dropping any sample whose policy version is older than that. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+from dapo.data import PromptCursor, PromptRow, load_prompts
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from dapo import keys
+from dapo.config import RunConfig, parse_config
+from dapo.v1 import reward_pb2, reward_pb2_grpc, rollout_pb2
+from dapo_controller.groups import Group, Sample, build_train_batch, sample_metrics, select_groups
+from dapo_controller.rollout_pool import RolloutPool
+from dapo_controller.store import RunStore
+
+log = logging.getLogger(__name__)
+POLL_S = 0.2
+
+
+class RunStopped(Exception):
+    """The user asked the run to stop."""
+
+
+class RunFailed(RuntimeError):
+    """The run cannot go on; the message is the reason shown to the user."""
+
+
+@dataclass
+class Endpoints:
+    rollout_addresses: list[str]
+    reward_address: str
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    )
+
+
+class RunLoop:
+    def __init__(
+        self,
+        run_id: str,
+        config: dict[str, Any],
+        store: RunStore,
+        redis: aioredis.Redis,
+        endpoints: Endpoints,
+    ) -> None:
+        self.run_id = run_id
+        self.config: RunConfig = parse_config(config)
+        self.store = store
+        self.redis = redis
+        self.endpoints = endpoints
+        self.pool: RolloutPool | None = None
+        self.reward_channel: grpc.aio.Channel | None = None
+        self._trainer_lost_since: float | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Drive the run to its end; return the final status (succeeded, failed or stopped)."""
+        try:
+            await self._setup()
+            await self._train()
+            status, error = "succeeded", ""
+        except RunStopped:
+            status, error = "stopped", ""
+        except asyncio.CancelledError:
+            raise  # the controller is shutting down: the run stays `running` and resumes on restart
+        except Exception as exc:  # the run's failure is reported, never swallowed
+            log.exception("run %s failed", self.run_id)
+            status, error = (
+                "failed",
+                f"{type(exc).__name__}: {exc}" if not isinstance(exc, RunFailed) else str(exc),
+            )
+        finally:
+            await self._close()
+        await self.store.update_run(self.run_id, status=status, error=error, finished_at=time.time())
+        await self.store.add_event(self.run_id, status, error or f"run {status}")
+        await self._release_trainer()
+        return status
+
+    async def _setup(self) -> None:
+        cfg = self.config
+        self.train_rows = load_prompts(cfg.data.train_file, cfg.data.format, cfg.data.prompt_template)
+        self.val_rows: list[PromptRow] = []
+        if cfg.data.validation_file:
+            self.val_rows = load_prompts(cfg.data.validation_file, cfg.data.format, cfg.data.prompt_template)
+            self.val_rows = self.val_rows[: cfg.data.max_val_samples or len(self.val_rows)]
+        self.pool = RolloutPool(
+            self.endpoints.rollout_addresses, cfg.services.rpc_timeout_s, self._server_changed
+        )
+        self.reward_channel = grpc.aio.insecure_channel(
+            self.endpoints.reward_address,
+            options=[
+                ("grpc.max_receive_message_length", 256 << 20),
+                ("grpc.max_send_message_length", 256 << 20),
+            ],
+        )
+        self.reward = reward_pb2_grpc.RewardStub(self.reward_channel)
+        await self.redis.hset(
+            keys.trainer_assignment(),
+            mapping={"run_id": self.run_id, "config": json.dumps(cfg.model_dump(mode="json"))},
+        )
+        record = await self.store.get_run(self.run_id)
+        if record is not None and record.status == "pending":
+            await self.store.update_run(self.run_id, status="running", started_at=time.time())
+            await self.store.add_event(self.run_id, "started", "run started; waiting for the trainer")
+        else:
+            await self.store.add_event(self.run_id, "resumed", "controller resumed the run")
+        await self._wait_for_version(0, "the trainer to load the model")
+        await self._wait_for_servers(0)
+
+    async def _close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+        if self.reward_channel is not None:
+            await self.reward_channel.close()
+
+    async def _release_trainer(self) -> None:
+        assigned = await self.redis.hget(keys.trainer_assignment(), "run_id")
+        if assigned is not None and assigned.decode() == self.run_id:
+            await self.redis.delete(keys.trainer_assignment())
+
+    def _server_changed(self, address: str, healthy: bool, reason: str) -> None:
+        kind = "rollout_back" if healthy else "rollout_lost"
+        asyncio.get_running_loop().create_task(
+            self.store.add_event(self.run_id, kind, f"rollout server {address}: {reason}", address=address)
+        )
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    async def _load_state(self) -> tuple[int, PromptCursor]:
+        state = await self.redis.hgetall(keys.controller_state(self.run_id))
+        cfg = self.config
+        if b"cursor" in state:
+            cursor = PromptCursor.from_state(self.train_rows, json.loads(state[b"cursor"]))
+            return int(state[b"step"]), cursor
+        return 0, PromptCursor(self.train_rows, seed=cfg.grpo.seed, shuffle=cfg.data.shuffle)
+
+    async def _train(self) -> None:
+        cfg = self.config
+        step, cursor = await self._load_state()
+        validated = {
+            int(x) for x in await self.redis.smembers(keys.controller_state(self.run_id) + ":validated")
+        }
+        while step < cfg.grpo.max_num_steps:
+            await self._check_stop()
+            min_version = max(0, step - cfg.grpo.max_staleness)
+            t0 = time.monotonic()
+            await self._wait_for_version(min_version, f"the trainer to apply batch {min_version - 1}")
+            wait_trainer_s = time.monotonic() - t0
+            if self._validation_due(step) and step not in validated:
+                await self._wait_for_version(step, "the trainer before validation")
+                await self._validate(step)
+                validated.add(step)
+            metrics = await self._make_batch(step, cursor, min_version)
+            metrics["time/wait_trainer"] = wait_trainer_s
+            await self.store.add_metrics(self.run_id, metrics)
+            step += 1
+        await self._wait_for_version(cfg.grpo.max_num_steps, "the trainer to apply the last batch")
+        if cfg.grpo.max_num_steps not in validated and self.val_rows:
+            await self._validate(cfg.grpo.max_num_steps)
+
+    def _validation_due(self, step: int) -> bool:
+        grpo = self.config.grpo
+        if not self.val_rows:
+            return False
+        if step == 0:
+            return grpo.val_at_start
+        return grpo.val_period > 0 and step % grpo.val_period == 0
+
+    async def _make_batch(self, step: int, cursor: PromptCursor, min_version: int) -> dict[str, Any]:
+        cfg = self.config
+        wanted = cfg.grpo.num_prompts_per_step
+        kept: list[Group] = []
+        generated: list[Group] = []
+        counts = {"all_correct": 0, "all_wrong": 0, "stale": 0}
+        time_generate = time_reward = 0.0
+        num_tokens = 0
+        for round_index in range(cfg.grpo.dynamic_sampling_max_gen_batches):
+            await self._check_stop()
+            missing = wanted - len(kept)
+            num_prompts = (
+                math.ceil(missing * cfg.grpo.batch_multiplier) if cfg.grpo.use_dynamic_sampling else missing
+            )
+            rows = cursor.take(num_prompts)
+            t0 = time.monotonic()
+            groups = await self._generate(
+                rows, cfg.grpo.num_generations_per_prompt, cfg.policy.generation.temperature
+            )
+            t1 = time.monotonic()
+            await self._score(groups)
+            t2 = time.monotonic()
+            time_generate += t1 - t0
+            time_reward += t2 - t1
+            num_tokens += sum(len(s.token_ids) for g in groups for s in g.samples)
+            fresh = [g for g in groups if all(s.version >= min_version for s in g.samples)]
+            counts["stale"] += len(groups) - len(fresh)
+            generated += groups
+            selection = select_groups(fresh, cfg)
+            counts["all_correct"] += selection.num_all_correct
+            counts["all_wrong"] += selection.num_all_wrong
+            kept += selection.kept
+            if len(kept) >= wanted:
+                break
+        else:
+            raise RunFailed(
+                f"step {step}: dynamic sampling filled only {len(kept)} of {wanted} groups after "
+                f"{cfg.grpo.dynamic_sampling_max_gen_batches} generation rounds "
+                f"({counts['all_correct']} groups all correct, {counts['all_wrong']} all wrong, "
+                f"{counts['stale']} stale); raise grpo.dynamic_sampling_max_gen_batches or grpo.batch_multiplier"
+            )
+        kept = kept[:wanted]
+        batch = build_train_batch(self.run_id, step, kept, cfg)
+        # The batch and the loop state that produced it are committed together.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(keys.batch_stream(self.run_id), batch.to_fields())
+            pipe.hset(
+                keys.controller_state(self.run_id),
+                mapping={"step": step + 1, "cursor": json.dumps(cursor.state())},
+            )
+            await pipe.execute()
+        kept_versions = [s.version for g in kept for s in g.samples]
+        metrics: dict[str, Any] = {"step": step, "source": "controller", **sample_metrics(generated)}
+        metrics.update(
+            {
+                "train/groups_generated": len(generated),
+                "train/groups_kept_frac": len(kept) / max(1, len(generated)),
+                "train/groups_all_correct": counts["all_correct"],
+                "train/groups_all_wrong": counts["all_wrong"],
+                "train/groups_stale": counts["stale"],
+                "train/generation_rounds": round_index + 1,
+                "train/staleness": float(step - min(kept_versions)),
+                "train/staleness_mean": float(step - sum(kept_versions) / len(kept_versions)),
+                "time/generate": time_generate,
+                "time/reward": time_reward,
+                "gen/tokens_per_s": num_tokens / max(time_generate, 1e-9),
+                "queue/batch_id": batch.batch_id,
+            }
+        )
+        return metrics
+
+    async def _generate(self, rows: list[PromptRow], n: int, temperature: float) -> list[Group]:
+        assert self.pool is not None
+        gen = self.config.policy.generation
+        sampling = rollout_pb2.SamplingParams(
+            n=n,
+            temperature=temperature,
+            top_p=gen.top_p,
+            top_k=gen.top_k,
+            max_tokens=gen.max_new_tokens,
+            stop=gen.stop,
+        )
+        prompts = [
+            rollout_pb2.Prompt(
+                chat=rollout_pb2.ChatPrompt(
+                    messages=[
+                        rollout_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in row.messages
+                    ]
+                )
+            )
+            for row in rows
+        ]
+        results = await self.pool.generate(prompts, sampling)
+        groups = []
+        for row, result in zip(rows, results, strict=True):
+            group = Group(
+                prompt_id=row.id, prompt_ids=list(result.prompt_token_ids), ground_truth=row.ground_truth
+            )
+            for sample in result.samples:
+                group.samples.append(
+                    Sample(
+                        token_ids=list(sample.token_ids),
+                        logprobs=list(sample.logprobs),
+                        finish_reason=sample.finish_reason,
+                        version=sample.policy_version,
+                        text=sample.text,
+                    )
+                )
+            groups.append(group)
+        return groups
+
+    async def _score(self, groups: list[Group]) -> None:
+        math_cfg = self.config.env.math
+        samples = [(g, s) for g in groups for s in g.samples]
+        request = reward_pb2.ScoreRequest(
+            verifier=math_cfg.verifier,
+            binary=math_cfg.binary_reward,
+            items=[
+                reward_pb2.ScoreItem(id=str(i), response=s.text, ground_truth=g.ground_truth)
+                for i, (g, s) in enumerate(samples)
+            ],
+        )
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_retryable),
+            stop=stop_after_attempt(6),
+            wait=wait_exponential(multiplier=0.5, max=10),
+            reraise=True,
+        ):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    await self.store.add_event(
+                        self.run_id,
+                        "reward_retry",
+                        f"reward service unavailable; retry {attempt.retry_state.attempt_number}",
+                    )
+                reply = await self.reward.Score(request, timeout=self.config.services.rpc_timeout_s)
+        by_id = {r.id: r for r in reply.results}
+        for i, (_, sample) in enumerate(samples):
+            result = by_id[str(i)]
+            sample.score, sample.correct = result.score, result.correct
+
+    async def _validate(self, step: int) -> None:
+        t0 = time.monotonic()
+        groups = await self._generate(self.val_rows, 1, 0.0)
+        await self._score(groups)
+        metrics = {
+            "step": step,
+            "source": "validation",
+            **sample_metrics(groups, prefix="val"),
+            "time/validation": time.monotonic() - t0,
+        }
+        await self.store.add_metrics(self.run_id, metrics)
+        await self.redis.sadd(keys.controller_state(self.run_id) + ":validated", step)
+
+    # --- waiting, with deadlines -------------------------------------------------------------------
+
+    async def _check_stop(self) -> None:
+        record = await self.store.get_run(self.run_id)
+        if record is None:
+            raise RunFailed("the run record disappeared from Redis")
+        if record.stop_requested:
+            raise RunStopped()
+
+    async def _trainer_alive(self) -> bool:
+        """False once the trainer has been silent past its restart timeout; events on loss and return."""
+        beat = await self.redis.get(keys.trainer_heartbeat())
+        now = time.monotonic()
+        if beat is not None:
+            if self._trainer_lost_since is not None:
+                await self.store.add_event(self.run_id, "trainer_back", "trainer is back")
+                self._trainer_lost_since = None
+            return True
+        if self._trainer_lost_since is None:
+            self._trainer_lost_since = now
+            await self.store.add_event(
+                self.run_id, "trainer_lost", "no heartbeat from the trainer; waiting for it"
+            )
+        return now - self._trainer_lost_since < self.config.services.trainer_restart_timeout_s
+
+    async def _trainer_version(self) -> int:
+        raw = await self.redis.get(keys.policy_version(self.run_id))
+        return int(raw) if raw is not None else -1
+
+    async def _wait_for_version(self, version: int, what: str) -> None:
+        timeout = self.config.services.trainer_restart_timeout_s
+        while await self._trainer_version() < version:
+            await self._check_stop()
+            if not await self._trainer_alive():
+                raise RunFailed(
+                    f"waiting for {what}: the trainer sent no heartbeat for {timeout:.0f} s "
+                    "(services.trainer_restart_timeout_s) and did not come back"
+                )
+            await asyncio.sleep(POLL_S)
+        await self._wait_for_servers(version)
+
+    async def _wait_for_servers(self, version: int) -> None:
+        """Until at least one healthy rollout server serves `version` or newer."""
+        assert self.pool is not None
+        self.pool.required_version = version
+        deadline = time.monotonic() + self.config.services.trainer_restart_timeout_s
+        while True:
+            healthy = await self.pool.probe()
+            if healthy:
+                # The trainer pushes new weights to every server it finds here.
+                await self.redis.sadd(keys.rollout_servers(), *[s.address for s in self.pool.servers])
+            if self.pool.healthy():
+                return
+            if time.monotonic() > deadline:
+                raise RunFailed(
+                    f"no healthy rollout server reached policy version {version} in time "
+                    f"(servers: {', '.join(self.endpoints.rollout_addresses)})"
+                )
+            await self._check_stop()
+            await asyncio.sleep(POLL_S)

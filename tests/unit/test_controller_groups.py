@@ -1,0 +1,98 @@
+"""The controller's step logic: dynamic sampling on raw correctness, overlong shaping, the TrainBatch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dapo_controller.groups import Group, Sample, build_train_batch, sample_metrics, select_groups
+
+from dapo.batch import TrainBatch
+from dapo.config import load_config
+
+SMALL = [
+    "policy.train_global_batch_size=4",
+    "policy.train_micro_batch_size=4",
+    "grpo.num_prompts_per_step=2",
+    "grpo.num_generations_per_prompt=2",
+    "policy.generation.max_new_tokens=8",
+]
+
+
+def group(
+    name: str, verdicts: list[bool], lengths: list[int] | None = None, truncated: bool = False
+) -> Group:
+    lengths = lengths or [2] * len(verdicts)
+    g = Group(prompt_id=name, prompt_ids=[1, 2, 3], ground_truth="5")
+    for ok, n in zip(verdicts, lengths, strict=True):
+        g.samples.append(
+            Sample(
+                token_ids=list(range(n)),
+                logprobs=[-0.5] * n,
+                finish_reason="length" if truncated else "stop",
+                version=3,
+                score=1.0 if ok else -1.0,
+                correct=ok,
+            )
+        )
+    return g
+
+
+def test_dynamic_sampling_keeps_only_mixed_groups() -> None:
+    config = load_config(None, SMALL)
+    groups = [group("a", [True, True]), group("b", [True, False]), group("c", [False, False])]
+    selection = select_groups(groups, config)
+    assert [g.prompt_id for g in selection.kept] == ["b"]
+    assert (selection.num_generated, selection.num_all_correct, selection.num_all_wrong) == (3, 1, 1)
+
+
+def test_dynamic_sampling_off_keeps_everything() -> None:
+    config = load_config(None, [*SMALL, "grpo.use_dynamic_sampling=false"])
+    groups = [group("a", [True, True]), group("b", [True, False])]
+    assert len(select_groups(groups, config).kept) == 2
+
+
+def test_filter_uses_correctness_not_the_shaped_reward() -> None:
+    # Both answers are wrong but one is overlong: shaped rewards differ, correctness does not.
+    config = load_config(
+        None, [*SMALL, "grpo.reward_shaping.enabled=true", "grpo.reward_shaping.overlong_buffer_length=4"]
+    )
+    groups = [group("a", [False, False], lengths=[2, 8])]
+    assert select_groups(groups, config).kept == []
+
+
+def test_batch_advantages_and_overlong_shaping() -> None:
+    config = load_config(
+        None, [*SMALL, "grpo.reward_shaping.enabled=true", "grpo.reward_shaping.overlong_buffer_length=4"]
+    )
+    # L_max 8, L_cache 4: length 6 gets -0.5, length 2 gets 0.
+    batch = build_train_batch("r1", 3, [group("a", [True, False], lengths=[6, 2])], config)
+    rewards = np.array([1.0 - 0.5, -1.0])
+    expected = (rewards - rewards.mean()) / (rewards.std(ddof=1) + 1e-6)
+    np.testing.assert_allclose(batch.advantages, expected, rtol=1e-5)
+    assert batch.batch_id == "r1-step3" and batch.step == 3
+    assert [len(r) for r in batch.response_ids] == [6, 2]
+    assert batch.versions.tolist() == [3, 3]
+    again = TrainBatch.from_fields(batch.to_fields())
+    np.testing.assert_array_equal(again.advantages, batch.advantages)
+
+
+def test_overlong_filtering_masks_truncated_answers() -> None:
+    config = load_config(None, [*SMALL, "grpo.overlong_filtering=true"])
+    g = group("a", [True, False])
+    g.samples[1].finish_reason = "length"
+    batch = build_train_batch("r1", 0, [g], config)
+    assert batch.loss_mask[0].tolist() == [1, 1] and batch.loss_mask[1].tolist() == [0, 0]
+
+
+def test_empty_groups_are_an_error() -> None:
+    with pytest.raises(ValueError, match="groups is empty"):
+        build_train_batch("r1", 0, [], load_config(None, SMALL))
+
+
+def test_sample_metrics() -> None:
+    metrics = sample_metrics([group("a", [True, False], lengths=[2, 4])], prefix="val")
+    assert (
+        metrics["val/accuracy"] == 0.5
+        and metrics["val/reward"] == 0.0
+        and metrics["val/response_length"] == 3.0
+    )
