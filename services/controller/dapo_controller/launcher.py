@@ -11,6 +11,7 @@ everything it started, also on Ctrl-C. `dapo up [CONFIG]` starts the services on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -66,10 +67,8 @@ class ServiceProcess:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(grace_s)
         except (subprocess.TimeoutExpired, ProcessLookupError):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.process.wait()
 
     def tail(self, num_lines: int = 15) -> str:

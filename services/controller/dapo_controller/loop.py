@@ -195,7 +195,9 @@ class RunLoop:
         counts = {"all_correct": 0, "all_wrong": 0, "stale": 0}
         time_generate = time_reward = 0.0
         num_tokens = 0
-        for round_index in range(cfg.grpo.dynamic_sampling_max_gen_batches):
+        num_rounds = 0
+        for _ in range(cfg.grpo.dynamic_sampling_max_gen_batches):
+            num_rounds += 1
             await self._check_stop()
             missing = wanted - len(kept)
             num_prompts = (
@@ -247,7 +249,7 @@ class RunLoop:
                 "train/groups_all_correct": counts["all_correct"],
                 "train/groups_all_wrong": counts["all_wrong"],
                 "train/groups_stale": counts["stale"],
-                "train/generation_rounds": round_index + 1,
+                "train/generation_rounds": num_rounds,
                 "train/staleness": float(step - min(kept_versions)),
                 "train/staleness_mean": float(step - sum(kept_versions) / len(kept_versions)),
                 "time/generate": time_generate,
