@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
-from dapo.data import PromptCursor, PromptRow, load_prompts
+from dapo.data import PromptCursor, PromptRow, load_from_config
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from dapo import keys
@@ -99,11 +99,8 @@ class RunLoop:
 
     async def _setup(self) -> None:
         cfg = self.config
-        self.train_rows = load_prompts(cfg.data.train_file, cfg.data.format, cfg.data.prompt_template)
-        self.val_rows: list[PromptRow] = []
-        if cfg.data.validation_file:
-            self.val_rows = load_prompts(cfg.data.validation_file, cfg.data.format, cfg.data.prompt_template)
-            self.val_rows = self.val_rows[: cfg.data.max_val_samples or len(self.val_rows)]
+        self.train_rows = load_from_config(cfg.data)
+        self.val_rows: list[PromptRow] = load_from_config(cfg.data, validation=True)
         self.pool = RolloutPool(
             self.endpoints.rollout_addresses, cfg.services.rpc_timeout_s, self._server_changed
         )

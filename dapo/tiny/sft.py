@@ -1,0 +1,204 @@
+"""The supervised warm start of the tiny model, and `make_tiny_model` (model + warm start + task data).
+
+RL on 2-digit addition needs a starting policy that is sometimes right: with a cold model every group
+is all wrong and dynamic sampling keeps nothing. The warm start trains on the training split with
+"forgot to carry" labels: each time a problem is drawn, its label is the column-wise sum without the
+carry (`task.no_carry_sum`) with probability `no_carry_fraction` (0.7) and the true sum otherwise.
+Problems without a carry get the true sum either way. A short run leaves a model that is right about a
+quarter of the time greedily, with a systematic, explainable error that RL can fix (on this CPU RL took
+a model like it from 28.5% to 94.5% held-out in 90 s). Only the answer tokens and EOS are trained.
+
+Everything runs on one CPU thread with seeded generators, so the same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from dapo.tiny.task import Problem, no_carry_sum, split_problems, to_row, write_task_data
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """Settings of the supervised warm start (defaults calibrated on the 2-core CPU)."""
+
+    num_steps: int = 440
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    decay_steps: int = 100
+    """The last this-many steps decay the learning rate linearly to 10%, so the final weights sit still."""
+    weight_decay: float = 0.0
+    no_carry_fraction: float = 0.7
+    num_eval_problems: int = 200
+    """Held-out problems used for the accuracy report (greedy and sampled)."""
+    num_eval_samples: int = 8
+    """Samples per problem for the sampled accuracy (temperature 1)."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "num_steps",
+            "batch_size",
+            "warmup_steps",
+            "decay_steps",
+            "num_eval_problems",
+            "num_eval_samples",
+        ):
+            if getattr(self, name) < (
+                1 if name in ("batch_size", "num_eval_problems", "num_eval_samples") else 0
+            ):
+                raise ValueError(f"WarmStartConfig.{name} out of range: {getattr(self, name)}")
+        if not 0 <= self.no_carry_fraction <= 1:
+            raise ValueError(
+                f"WarmStartConfig.no_carry_fraction must be in [0, 1], got {self.no_carry_fraction}"
+            )
+        if self.lr <= 0:
+            raise ValueError(f"WarmStartConfig.lr must be > 0, got {self.lr}")
+
+
+def _encode(tokenizer: Any, problem: Problem, label: str) -> tuple[list[int], int]:
+    """Token ids of the chat-formatted prompt plus `label` and EOS, and the prompt length."""
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": problem.question}], tokenize=False, add_generation_prompt=True
+    )
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(label, add_special_tokens=False)["input_ids"]
+    return [*prompt_ids, *answer_ids, tokenizer.eos_token_id], len(prompt_ids)
+
+
+def supervised_warm_start(
+    model: Any,
+    tokenizer: Any,
+    train: list[Problem],
+    config: WarmStartConfig,
+    seed: int = 0,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train `model` in place on forgot-to-carry labels; return the loss of every step."""
+    import torch
+
+    rng = random.Random(seed)
+    # Cache the encodings: the prompt and both labels of every training problem.
+    cache: dict[tuple[Problem, str], tuple[list[int], int]] = {}
+
+    def encoded(problem: Problem, label: str) -> tuple[list[int], int]:
+        key = (problem, label)
+        if key not in cache:
+            cache[key] = _encode(tokenizer, problem, label)
+        return cache[key]
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    def lr_factor(step: int) -> float:
+        warmup = min(1.0, (step + 1) / max(1, config.warmup_steps))
+        steps_left = config.num_steps - step
+        decay = 0.1 + 0.9 * min(1.0, steps_left / config.decay_steps) if config.decay_steps else 1.0
+        return warmup * decay
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    pad_id = tokenizer.pad_token_id
+    model.train()
+    losses: list[float] = []
+    for step in range(config.num_steps):
+        sequences, prompt_lengths = [], []
+        for problem in rng.choices(train, k=config.batch_size):
+            label = (
+                no_carry_sum(problem.a, problem.b)
+                if rng.random() < config.no_carry_fraction
+                else problem.answer
+            )
+            ids, prompt_length = encoded(problem, label)
+            sequences.append(ids)
+            prompt_lengths.append(prompt_length)
+        length = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)  # (B, T)
+        labels = torch.full((len(sequences), length), -100, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        for i, (ids, prompt_length) in enumerate(zip(sequences, prompt_lengths, strict=True)):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            labels[i, prompt_length : len(ids)] = torch.tensor(ids[prompt_length:])
+            attention_mask[i, : len(ids)] = 1
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
+    model.eval()
+    return losses
+
+
+def make_tiny_model(
+    out_dir: str | Path,
+    seed: int = 0,
+    config: WarmStartConfig | None = None,
+    num_test: int = 500,
+    log: Callable[[str], None] | None = print,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Build the untrained model, warm-start it, write `data/train.jsonl` and `data/test.jsonl`.
+
+    Returns (and writes to `out_dir/warm_start.json`) the greedy held-out accuracy, the sampled
+    accuracy and the fraction of mixed sample groups, measured on `config.num_eval_problems` test problems.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dapo.tiny.evaluate import evaluate_model
+    from dapo.tiny.model import _seed_everything, build_untrained_model
+
+    config = config or WarmStartConfig()
+    say = log or (lambda _message: None)
+    out = Path(out_dir)
+    started = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        build_untrained_model(out, seed=seed)
+        say(f"built the untrained model in {out}")
+        train, test = split_problems(seed, num_test)
+        train_path, test_path = write_task_data(out / "data", seed=seed, num_test=num_test)
+        say(f"wrote {len(train)} training and {len(test)} test problems to {train_path.parent}")
+
+        tokenizer = AutoTokenizer.from_pretrained(out)
+        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+        _seed_everything(seed)
+        say(f"supervised warm start: {config.num_steps} steps of {config.batch_size} problems")
+        losses = supervised_warm_start(model, tokenizer, train, config, seed=seed, on_step=on_step)
+        model.save_pretrained(str(out), safe_serialization=True)
+
+        eval_rows = [to_row(p, i) for i, p in enumerate(test[: config.num_eval_problems])]
+        greedy = evaluate_model(model, tokenizer, eval_rows, greedy=True, seed=seed)
+        sampled = evaluate_model(
+            model, tokenizer, eval_rows, greedy=False, num_samples=config.num_eval_samples, seed=seed
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+    report = {
+        "seed": seed,
+        "num_eval_problems": greedy.num_prompts,
+        "greedy_accuracy": greedy.accuracy,
+        "sampled_accuracy": sampled.accuracy,
+        "num_samples": sampled.num_samples,
+        "fraction_mixed_groups": sampled.fraction_mixed,
+        "fraction_all_wrong_groups": sampled.fraction_all_wrong,
+        "fraction_all_right_groups": sampled.fraction_all_right,
+        "final_loss": losses[-1] if losses else None,
+        "seconds": round(time.perf_counter() - started, 1),
+        "warm_start": asdict(config),
+    }
+    (out / "warm_start.json").write_text(json.dumps(report, indent=2) + "\n")
+    say(
+        f"held-out greedy accuracy {greedy.accuracy:.1%}, sampled accuracy {sampled.accuracy:.1%} "
+        f"({sampled.num_samples} samples at temperature 1), mixed groups {sampled.fraction_mixed:.0%} "
+        f"on {greedy.num_prompts} problems; {report['seconds']} s"
+    )
+    return report
