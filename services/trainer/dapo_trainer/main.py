@@ -1,0 +1,100 @@
+"""`dapo trainer`: parse the flags, then import torch and serve runs (see dapo_trainer.service).
+
+Runs under torchrun on any number of ranks and nodes, or as plain Python (one rank):
+
+    dapo trainer --redis-url redis://host:6379/0 [--publisher-port 50053] [--metrics-port 8003]
+    torchrun --nproc_per_node=2 -m dapo.cli trainer --redis-url ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainerOptions:
+    """What the flags say; the run itself comes from Redis (the assignment) or --run-id/--config."""
+
+    redis_url: str
+    run_id: str | None
+    config_path: str | None
+    overrides: tuple[str, ...]
+    publisher_host: str
+    publisher_port: int
+    metrics_port: int | None
+    weights_dtype: str
+    exit_when_done: bool
+    poll_interval_s: float
+    heartbeat_ttl_s: float
+    redis_retry_s: float
+
+
+def parse_args(argv: list[str]) -> TrainerOptions:
+    parser = argparse.ArgumentParser(prog="dapo trainer", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("REDIS_URL"), help="Redis URL (default: $REDIS_URL)"
+    )
+    parser.add_argument("--run-id", help="serve this run instead of waiting for the trainer assignment")
+    parser.add_argument("--config", help="run config YAML/JSON for --run-id (default: the run record's)")
+    parser.add_argument("--publisher-host", default="0.0.0.0", help="weight publisher bind address")
+    parser.add_argument("--publisher-port", type=int, default=50053, help="weight publisher gRPC port")
+    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (rank 0)")
+    parser.add_argument(
+        "--weights-dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="dtype of published weights and HF exports; auto = the model directory's dtype "
+        "(what the rollout engine loads with dtype=auto)",
+    )
+    parser.add_argument(
+        "--exit-when-done", action="store_true", help="exit once the run ends instead of waiting for the next"
+    )
+    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between Redis polls")
+    parser.add_argument("--heartbeat-ttl", type=float, default=10.0, help="TTL of the heartbeat key (s)")
+    parser.add_argument(
+        "--redis-retry-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to retry an unreachable Redis before exiting",
+    )
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides of --config")
+    args = parser.parse_args(argv)
+    if not args.redis_url:
+        parser.error("--redis-url is required (or set $REDIS_URL)")
+    if args.config and not args.run_id:
+        parser.error("--config needs --run-id")
+    if args.overrides and not args.config:
+        parser.error("key=value overrides need --config")
+    return TrainerOptions(
+        redis_url=args.redis_url,
+        run_id=args.run_id,
+        config_path=args.config,
+        overrides=tuple(args.overrides),
+        publisher_host=args.publisher_host,
+        publisher_port=args.publisher_port,
+        metrics_port=args.metrics_port,
+        weights_dtype=args.weights_dtype,
+        exit_when_done=args.exit_when_done,
+        poll_interval_s=args.poll_interval,
+        heartbeat_ttl_s=args.heartbeat_ttl,
+        redis_retry_s=args.redis_retry_timeout,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(list(sys.argv[1:] if argv is None else argv))
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s trainer[{rank}] %(levelname)s %(name)s: %(message)s"
+    )
+    from dapo_trainer.service import serve  # imports torch
+
+    return serve(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

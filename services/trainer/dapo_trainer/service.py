@@ -1,0 +1,199 @@
+"""The trainer service: wait for an assignment, serve that run, release it, wait for the next.
+
+Rank 0 polls the hash `keys.trainer_assignment()` (fields `run_id`, `config` = RunConfig JSON) — or
+serves `--run-id` with `--config` (or the run record's `config`) — and shares it with all ranks. A
+background thread on rank 0 refreshes `keys.trainer_heartbeat()` (SET with a TTL, value JSON
+{run_id, version, pid, step}). Redis that stays unreachable past the retry budget ends the process
+with exit status 1 and the reason in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import redis as redis_lib
+
+from dapo import keys
+from dapo.config import RunConfig, load_config
+from dapo_trainer.distributed import DistContext, broadcast, setup_distributed, teardown_distributed
+from dapo_trainer.main import TrainerOptions
+from dapo_trainer.metrics import PUSH_FAILURES, RunReporter, start_metrics_server
+from dapo_trainer.publish import WeightOutlet
+from dapo_trainer.redis_io import RedisUnavailable, RetryingRedis
+from dapo_trainer.train import TERMINAL_STATUSES, Services, train
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Rank 0's liveness key, refreshed from a daemon thread every `ttl_s / 4` seconds."""
+
+    def __init__(self, url: str, ttl_s: float) -> None:
+        self.client = redis_lib.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        self.ttl_ms = int(ttl_s * 1000)
+        self.value: dict[str, Any] = {
+            "run_id": None,
+            "version": None,
+            "step": None,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="trainer-heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def update(self, **fields: Any) -> None:
+        with self._lock:
+            self.value.update(fields)
+        self._beat()
+
+    def _beat(self) -> None:
+        with self._lock:
+            value = json.dumps(self.value)
+        try:
+            self.client.set(keys.trainer_heartbeat(), value, px=self.ttl_ms)
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:  # the main loop reports outages
+            log.warning("heartbeat not written: %s", exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.ttl_ms / 4000):
+            self._beat()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.client.close()
+
+
+def _config_from_options(options: TrainerOptions, redis: RetryingRedis) -> str | None:
+    if options.config_path:
+        return load_config(options.config_path, list(options.overrides)).model_dump_json()
+    raw = redis.hget(keys.run_record(options.run_id or ""), "config")
+    return raw.decode() if raw else None
+
+
+def _poll_assignment(
+    options: TrainerOptions, redis: RetryingRedis, finished: set[str]
+) -> tuple[str, str] | None:
+    """Rank 0: (run_id, config JSON) to serve now, or None."""
+    if options.run_id:
+        config = _config_from_options(options, redis)
+        return (options.run_id, config) if config else None
+    fields = redis.hgetall(keys.trainer_assignment())
+    run_id, config = fields.get(b"run_id"), fields.get(b"config")
+    if run_id is None or config is None or run_id.decode() in finished:
+        return None
+    status = redis.hget(keys.run_record(run_id.decode()), "status")
+    if status is not None and status.decode() in TERMINAL_STATUSES:
+        return None  # a stale assignment of a finished run
+    return run_id.decode(), config.decode()
+
+
+def wait_for_assignment(
+    options: TrainerOptions, redis: RetryingRedis | None, ctx: DistContext, finished: set[str]
+) -> tuple[str, RunConfig]:
+    """Every rank: block until rank 0 finds a run with a valid config."""
+    announced = False
+    while True:
+        found = None
+        if ctx.is_main:
+            assert redis is not None
+            polled = _poll_assignment(options, redis, finished)
+            if polled is not None:
+                run_id, config_json = polled
+                try:
+                    RunConfig.model_validate_json(config_json)
+                    found = polled
+                except ValueError as exc:
+                    message = f"trainer cannot serve run {run_id}: invalid config: {exc}"
+                    log.error(message)
+                    RunReporter(redis, run_id).event("trainer_config_invalid", message)
+                    finished.add(run_id)
+            elif not announced:
+                log.info("waiting for a run (hash %s)", keys.trainer_assignment())
+                announced = True
+        found = broadcast(found, ctx)
+        if found is not None:
+            return found[0], RunConfig.model_validate_json(found[1])
+        time.sleep(options.poll_interval_s)
+
+
+def serve(options: TrainerOptions) -> int:
+    ctx = setup_distributed()
+    redis: RetryingRedis | None = None
+    heartbeat: Heartbeat | None = None
+    outlet: WeightOutlet | None = None
+    try:
+        if ctx.is_main:
+            redis = RetryingRedis(options.redis_url, retry_s=options.redis_retry_s)
+            redis.ping()
+            start_metrics_server(options.metrics_port)
+            heartbeat = Heartbeat(options.redis_url, options.heartbeat_ttl_s).start()
+        finished: set[str] = set()
+        while True:
+            run_id, config = wait_for_assignment(options, redis, ctx, finished)
+            if ctx.is_main:
+                assert redis is not None
+                outlet = _open_outlet(options, redis, run_id, config)
+            services = Services(
+                ctx=ctx,
+                redis=redis,
+                outlet=outlet,
+                weights_dtype=options.weights_dtype,
+                poll_interval_s=options.poll_interval_s,
+                exit_when_done=options.exit_when_done,
+                follow_assignment=options.run_id is None,
+                heartbeat=heartbeat,
+            )
+            reason = train(config, run_id, services)
+            finished.add(run_id)
+            if outlet is not None:
+                # Versions restart at 0 in the next run: it gets a fresh publisher (same port).
+                outlet.stop()
+                outlet = None
+            if heartbeat is not None:
+                heartbeat.update(run_id=None, version=None, step=None)
+            log.info("released run %s (%s)", run_id, reason)
+            if options.exit_when_done or options.run_id:
+                return 0
+    except RedisUnavailable as exc:
+        log.error("exiting: %s", exc)
+        return 1
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
+        if outlet is not None:
+            outlet.stop()
+        if redis is not None:
+            redis.close()
+        teardown_distributed()
+
+
+def _open_outlet(
+    options: TrainerOptions, redis: RetryingRedis, run_id: str, config: RunConfig
+) -> WeightOutlet:
+    """The weight publisher of one run: its push targets, and push failures as its events."""
+    reporter = RunReporter(redis, run_id)
+
+    def on_push_failure(address: str, message: str) -> None:
+        PUSH_FAILURES.inc()
+        reporter.event("weight_push_failed", message, address=address)
+
+    return WeightOutlet(
+        options.publisher_host,
+        options.publisher_port,
+        redis,
+        config.services.rollout_addresses,
+        push_timeout_s=config.services.rpc_timeout_s,
+        on_push_failure=on_push_failure,
+    )

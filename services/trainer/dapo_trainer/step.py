@@ -1,0 +1,192 @@
+"""Training on one TrainBatch: old log-probs, then one optimizer step per `train_global_batch_size`
+sequences (forward with `dapo.algo.token_logprobs`, `policy_loss` over the global token count,
+backward, gradient clipping, AdamW).
+
+Old log-probs are the trainer's own at the start of the batch (no grad). With a single optimizer step
+per batch they equal the first forward's values, so `logp.detach()` is used and the extra pass saved.
+The per-micro-batch metrics of all ranks are gathered to rank 0 and combined with
+`dapo.algo.combine_metrics`, which gives exactly the whole batch's figures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from dapo.algo import combine_metrics, policy_loss
+from dapo.batch import TrainBatch
+from dapo.config import RunConfig
+from dapo_trainer.batches import MicroBatch, collate, loss_denominator, plan_batch
+from dapo_trainer.distributed import DistContext, gather_to_main
+from dapo_trainer.model import LogprobModel
+
+
+@dataclass
+class StepTimes:
+    forward: float = 0.0
+    backward: float = 0.0
+    optimizer: float = 0.0
+
+
+@dataclass
+class BatchResult:
+    """Rank 0's figures for one TrainBatch (other ranks hold partial ones)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    times: StepTimes = field(default_factory=StepTimes)
+    num_optimizer_steps: int = 0
+
+
+class _Clock:
+    def __init__(self, device: torch.device) -> None:
+        self.sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def now(self) -> float:
+        self.sync()
+        return time.perf_counter()
+
+
+def _loss_options(config: RunConfig) -> dict[str, object]:
+    loss = config.loss_fn
+    return {
+        "ratio_clip_min": loss.ratio_clip_min,
+        "ratio_clip_max": loss.ratio_clip_max,
+        "ratio_clip_c": loss.ratio_clip_c,
+        "tis_cap": loss.truncated_importance_sampling_ratio
+        if loss.use_importance_sampling_correction
+        else None,
+        "aggregation": loss.aggregation,
+        "log_ratio_clamp": loss.log_ratio_clamp,
+        "max_response_length": config.max_response_length,
+    }
+
+
+def train_on_batch(
+    model: LogprobModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batch: TrainBatch,
+    config: RunConfig,
+    ctx: DistContext,
+    pad_token_id: int,
+) -> BatchResult:
+    """Apply `batch` (every rank calls this with the same batch); returns rank 0's metrics."""
+    policy = config.policy
+    plan = plan_batch(
+        batch,
+        global_batch_size=policy.train_global_batch_size,
+        micro_batch_size=policy.train_micro_batch_size,
+        max_tokens=policy.max_tokens_per_microbatch,
+        world_size=ctx.world_size,
+    )
+    micro_batches = [
+        [collate(batch, indices, pad_token_id).to(ctx.device) for indices in step_plan[ctx.rank]]
+        for step_plan in plan
+    ]
+    clock = _Clock(ctx.device)
+    times = StepTimes()
+    model.train()
+
+    old_logps: list[list[torch.Tensor]] | None = None
+    if len(plan) > 1:
+        start = clock.now()
+        with torch.no_grad():
+            old_logps = [
+                [_forward(model, mb, with_entropy=False)[0] for mb in step] for step in micro_batches
+            ]
+        times.forward += clock.now() - start
+
+    options = _loss_options(config)
+    raw_metrics: list[dict[str, float]] = []
+    losses: list[float] = []
+    grad_norms: list[float] = []
+    lrs: list[float] = []
+    num_tokens = 0
+    for step_index, (step_plan, step_batches) in enumerate(zip(plan, micro_batches, strict=True)):
+        all_indices = [i for rank_plan in step_plan for micro in rank_plan for i in micro]
+        denominator = max(1, loss_denominator(batch, all_indices, str(options["aggregation"])))
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        for micro_index, mb in enumerate(step_batches):
+            start = clock.now()
+            logp_BR, entropy_BR = _forward(model, mb, with_entropy=True)
+            old_logp_BR = logp_BR.detach() if old_logps is None else old_logps[step_index][micro_index]
+            loss, metrics = policy_loss(
+                logp_BR,
+                old_logp_BR,
+                mb.advantages_B,
+                mb.mask_BR,
+                global_denominator=denominator,
+                rollout_logp_BT=mb.rollout_logp_BR,
+                entropy_BT=entropy_BR,
+                **options,  # type: ignore[arg-type]
+            )
+            middle = clock.now()
+            loss.backward()
+            times.forward += middle - start
+            times.backward += clock.now() - middle
+            step_loss += loss.detach().to(torch.float64)
+            num_tokens += mb.num_tokens
+            if mb.num_tokens:
+                raw_metrics.append(metrics)
+        start = clock.now()
+        max_norm = policy.max_grad_norm if policy.max_grad_norm is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        lrs.append(float(scheduler.get_last_lr()[0]))
+        optimizer.step()
+        scheduler.step()
+        if ctx.world_size > 1:
+            dist.all_reduce(step_loss)
+        times.optimizer += clock.now() - start
+        losses.append(float(step_loss))
+        grad_norms.append(float(grad_norm))
+
+    gathered = gather_to_main((raw_metrics, num_tokens, times), ctx)
+    result = BatchResult(times=times, num_optimizer_steps=len(plan))
+    if gathered is None:
+        return result
+    all_metrics = [m for rank_metrics, _, _ in gathered for m in rank_metrics]
+    total_tokens = sum(n for _, n, _ in gathered)
+    # The slowest rank sets the pace: report the max of each part over ranks.
+    result.times = StepTimes(
+        forward=max(t.forward for _, _, t in gathered),
+        backward=max(t.backward for _, _, t in gathered),
+        optimizer=max(t.optimizer for _, _, t in gathered),
+    )
+    combined = combine_metrics(all_metrics) if all_metrics else {}
+    compute_s = result.times.forward + result.times.backward + result.times.optimizer
+    result.metrics = {
+        "train/loss": sum(losses) / len(losses),
+        "train/grad_norm": sum(grad_norms) / len(grad_norms),
+        "train/grad_norm_max": max(grad_norms),
+        "train/lr": lrs[-1],
+        "train/num_optimizer_steps": float(len(plan)),
+        "train/num_loss_tokens": combined.get("num_tokens", 0.0),
+        "train/num_tokens": float(total_tokens),
+        "train/tokens_per_s": total_tokens / compute_s if compute_s > 0 else 0.0,
+        "train/token_loss_mean": combined.get("token_loss_mean", 0.0),
+        "train/clip_high_frac": combined.get("clip_high_fraction", 0.0),
+        "train/clip_low_frac": combined.get("clip_low_fraction", 0.0),
+        "train/ratio_mean": combined.get("ratio_mean", 1.0),
+        "train/ratio_max": combined.get("ratio_max", 1.0),
+        "train/approx_kl": combined.get("approx_kl", 0.0),
+        "train/entropy": combined.get("entropy_mean", 0.0),
+        "train/rollout_mismatch": combined.get("rollout_mismatch_mean", 0.0),
+    }
+    if "dual_clip_fraction" in combined:
+        result.metrics["train/dual_clip_frac"] = combined["dual_clip_fraction"]
+    if "tis_truncated_fraction" in combined:
+        result.metrics["train/tis_truncated_frac"] = combined["tis_truncated_fraction"]
+    return result
+
+
+def _forward(
+    model: LogprobModel, mb: MicroBatch, *, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return model(mb.input_ids_BT, mb.attention_mask_BT, mb.response_start_B, mb.targets_BR, with_entropy)

@@ -1,0 +1,375 @@
+"""`train(config, run_id, services)`: serve one run until it ends, calling the `setup_*` helpers and
+then looping over the TrainBatches rank 0 reads.
+
+Per TrainBatch (all ranks unless noted): train (dapo_trainer.step) -> bump the version -> gather the
+full weights -> checkpoint when due -> (rank 0) publish the weights -> SET the version key -> XACK
+the batches the newest checkpoint covers -> SADD them to the applied set -> XADD the metrics.
+A batch is acknowledged only once a committed checkpoint includes it, so after a crash the restored
+checkpoint plus the redelivered batches give the parameters of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from dapo import keys
+from dapo.batch import BatchFormatError, TrainBatch
+from dapo.config import RunConfig
+from dapo_trainer import metrics as prom
+from dapo_trainer.batches import BatchStream, decode_batch
+from dapo_trainer.checkpoint import TrainerState, checkpoint_root, restore_latest, save_checkpoint
+from dapo_trainer.distributed import DistContext, broadcast
+from dapo_trainer.fsdp import shard_model
+from dapo_trainer.ledger import LedgerEntry
+from dapo_trainer.metrics import RunReporter
+from dapo_trainer.model import LogprobModel, ModelInfo, load_model, read_model_info
+from dapo_trainer.optim import build_optimizer
+from dapo_trainer.publish import WeightOutlet, gather_full_state_dict
+from dapo_trainer.redis_io import RetryingRedis
+from dapo_trainer.step import train_on_batch
+
+log = logging.getLogger(__name__)
+
+TERMINAL_STATUSES = ("stopped", "failed", "succeeded")
+
+
+@dataclass
+class Services:
+    """The process-wide pieces `train` uses; the Redis and gRPC ones exist on rank 0 only."""
+
+    ctx: DistContext
+    redis: RetryingRedis | None
+    outlet: WeightOutlet | None
+    weights_dtype: str  # "auto" or a dtype name
+    poll_interval_s: float
+    exit_when_done: bool
+    follow_assignment: bool
+    heartbeat: object | None = None  # dapo_trainer.service.Heartbeat (rank 0)
+
+
+@dataclass(frozen=True)
+class Apply:
+    batch: TrainBatch
+    entry_id: str
+    wait_s: float
+
+
+@dataclass(frozen=True)
+class Idle:
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    reason: str
+
+
+@dataclass
+class RunIO:
+    """Rank 0's Redis side of one run."""
+
+    redis: RetryingRedis
+    run_id: str
+    stream: BatchStream
+    reporter: RunReporter
+    uncommitted: list[LedgerEntry] = field(default_factory=list)  # applied, in no committed checkpoint yet
+
+
+# --- setup -----------------------------------------------------------------------------------------
+
+
+def setup_model(config: RunConfig, info: ModelInfo, ctx: DistContext) -> LogprobModel:
+    if config.loss_fn.reference_policy_kl_penalty > 0:
+        raise ValueError(
+            "loss_fn.reference_policy_kl_penalty > 0 needs a reference model, which the trainer does not "
+            "keep: set it to 0"
+        )
+    torch.manual_seed(config.grpo.seed)
+    model = load_model(
+        info, chunk_size=config.policy.logprob_chunk_size, temperature=config.policy.generation.temperature
+    )
+    return shard_model(model, config.policy.precision, ctx)
+
+
+def setup_state(
+    config: RunConfig,
+    run_id: str,
+    model: LogprobModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    ctx: DistContext,
+) -> TrainerState:
+    if not config.checkpointing.enabled:
+        return TrainerState()
+    state, path = restore_latest(
+        checkpoint_root(config.checkpointing.checkpoint_dir, run_id), model, optimizer, scheduler, ctx
+    )
+    if path is not None:
+        log.info("restored %s: version %d, %d batches applied", path, state.version, len(state.ledger))
+    return state
+
+
+def setup_io(services: Services, run_id: str, state: TrainerState) -> RunIO | None:
+    if not services.ctx.is_main:
+        return None
+    assert services.redis is not None
+    if len(state.ledger):
+        # The applied set mirrors the checkpointed ledger; a crash between XACK and SADD left it short.
+        services.redis.sadd(keys.applied_batches(run_id), *[e.batch_id for e in state.ledger.entries])
+    return RunIO(
+        services.redis, run_id, BatchStream(services.redis, run_id), RunReporter(services.redis, run_id)
+    )
+
+
+def resolve_weights_dtype(requested: str, info: ModelInfo) -> str:
+    dtype = info.checkpoint_dtype if requested == "auto" else requested
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(
+            f"weights dtype '{dtype}' (from {info.model_dir}/config.json) is not float32/bfloat16/float16"
+        )
+    return dtype
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Everything one served run holds (the `io` part on rank 0 only)."""
+
+    run_id: str
+    config: RunConfig
+    services: Services
+    info: ModelInfo
+    weights_dtype: str
+    model: LogprobModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    state: TrainerState
+    io: RunIO | None
+
+    @property
+    def ctx(self) -> DistContext:
+        return self.services.ctx
+
+    def gather(self) -> dict[str, torch.Tensor]:
+        return gather_full_state_dict(self.model, self.weights_dtype, self.info.tie_word_embeddings, self.ctx)
+
+    def save(self, full: dict[str, torch.Tensor]) -> None:
+        checkpointing = self.config.checkpointing
+        save_checkpoint(
+            checkpoint_root(checkpointing.checkpoint_dir, self.run_id),
+            self.state,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            full,
+            self.info,
+            self.weights_dtype,
+            self.ctx,
+            checkpointing.keep_top_k,
+        )
+
+
+def train(config: RunConfig, run_id: str, services: Services) -> str:
+    """Serve run `run_id` until it ends; returns why it ended."""
+    ctx = services.ctx
+    info = read_model_info(config.policy.model_name, config.policy.tokenizer.name)
+    model = setup_model(config, info, ctx)
+    optimizer, scheduler = build_optimizer(model, config.policy.optimizer)
+    state = setup_state(config, run_id, model, optimizer, scheduler, ctx)
+    run = Run(
+        run_id=run_id,
+        config=config,
+        services=services,
+        info=info,
+        weights_dtype=resolve_weights_dtype(services.weights_dtype, info),
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        state=state,
+        io=setup_io(services, run_id, state),
+    )
+    _set_heartbeat(services, run_id, state)
+    # Announce the current version: 0 is the on-disk model the rollout servers loaded themselves.
+    full = run.gather()
+    if run.io is not None:
+        _publish(services, run.io, state.version, full, push=state.version > 0)
+        run.io.reporter.event(
+            "trainer_ready", f"trainer serves version {state.version} on {ctx.world_size} rank(s)"
+        )
+    del full
+
+    last_done = time.monotonic()
+    while True:
+        command = broadcast(
+            _next_command(run.io, state, config, info, services, last_done) if run.io else None, ctx
+        )
+        if isinstance(command, Stop):
+            if config.checkpointing.enabled:
+                _commit_final(run)
+            log.info("run %s: %s", run_id, command.reason)
+            return command.reason
+        if isinstance(command, Apply):
+            apply_batch(run, command)
+            last_done = time.monotonic()
+
+
+def apply_batch(run: Run, command: Apply) -> None:
+    """Train on the batch, bump the version, checkpoint when due, publish, acknowledge, report."""
+    config, state, ctx, batch = run.config, run.state, run.ctx, command.batch
+    result = train_on_batch(
+        run.model, run.optimizer, run.scheduler, batch, config, ctx, run.info.pad_token_id
+    )
+    state.version += 1
+    state.optimizer_step += result.num_optimizer_steps
+    entry = LedgerEntry(batch.batch_id, state.version, batch.step, command.entry_id)
+    state.ledger.add(entry)
+    if run.io is not None:
+        run.io.uncommitted.append(entry)
+
+    t0 = time.perf_counter()
+    full = run.gather()
+    time_gather = time.perf_counter() - t0
+    checkpointing = config.checkpointing
+    is_checkpoint_due = checkpointing.enabled and (
+        state.version % checkpointing.save_period == 0 or state.version == config.grpo.max_num_steps
+    )
+    t0 = time.perf_counter()
+    if is_checkpoint_due:
+        run.save(full)
+    time_checkpoint = time.perf_counter() - t0
+    if run.io is None:
+        return
+    t0 = time.perf_counter()
+    _publish(run.services, run.io, state.version, full)
+    time_publish = time.perf_counter() - t0
+    del full
+    if is_checkpoint_due or not checkpointing.enabled:
+        _acknowledge(run.io)
+    _set_heartbeat(run.services, run.run_id, state)
+    times = {
+        "time/wait_data": command.wait_s,
+        "time/forward": result.times.forward,
+        "time/backward": result.times.backward,
+        "time/optimizer": result.times.optimizer,
+        "time/gather": time_gather,
+        "time/publish": time_publish,
+        "time/checkpoint": time_checkpoint,
+    }
+    record = {
+        **result.metrics,
+        **times,
+        "time/train_step": sum(v for k, v in times.items() if k != "time/wait_data"),
+        "train/optimizer_step": float(state.optimizer_step),
+    }
+    run.io.reporter.step(batch.step, state.version, record)
+    log.info(
+        "batch %s (step %d) -> version %d: loss %.4g, %.2f s",
+        batch.batch_id,
+        batch.step,
+        state.version,
+        record["train/loss"],
+        record["time/train_step"],
+    )
+
+
+def _next_command(
+    io: RunIO, state: TrainerState, config: RunConfig, info: ModelInfo, services: Services, since: float
+) -> Apply | Idle | Stop:
+    """Rank 0: the next batch to apply, or Idle (nothing yet / a batch dealt with here), or Stop."""
+    entry = io.stream.read(block_ms=int(services.poll_interval_s * 1000))
+    if entry is None:
+        reason = _stop_reason(io, state, config, services)
+        return Stop(reason) if reason else Idle()
+    try:
+        batch = decode_batch(
+            entry.fields,
+            run_id=io.run_id,
+            vocab_size=info.vocab_size,
+            max_total_sequence_length=config.policy.max_total_sequence_length,
+            train_global_batch_size=config.policy.train_global_batch_size,
+        )
+    except BatchFormatError as exc:
+        _reject(io, entry.entry_id, entry.fields, str(exc))
+        return Idle()
+    if batch.batch_id in state.ledger:
+        # Redelivered after a restart but already inside the restored parameters: never apply twice.
+        io.stream.ack([entry.entry_id])
+        io.redis.sadd(keys.applied_batches(io.run_id), batch.batch_id)
+        prom.SKIPPED.inc()
+        io.reporter.event(
+            "batch_skipped",
+            f"batch {batch.batch_id} was already applied (version {state.ledger.version_of(batch.batch_id)}); "
+            "acknowledged without applying it again",
+            batch_id=batch.batch_id,
+        )
+        return Idle()
+    return Apply(batch, entry.entry_id, time.monotonic() - since)
+
+
+def _stop_reason(io: RunIO, state: TrainerState, config: RunConfig, services: Services) -> str | None:
+    status = io.redis.hget(keys.run_record(io.run_id), "status")
+    if status is not None and status.decode() in TERMINAL_STATUSES:
+        return f"run {status.decode()}"
+    if services.exit_when_done and state.version >= config.grpo.max_num_steps:
+        return f"applied grpo.max_num_steps ({config.grpo.max_num_steps}) batches"
+    if services.follow_assignment:
+        assigned = io.redis.hget(keys.trainer_assignment(), "run_id")
+        if assigned is None or assigned.decode() != io.run_id:
+            return "the trainer assignment moved to another run" if assigned else "the trainer was released"
+    return None
+
+
+def _reject(io: RunIO, entry_id: str, fields: dict[bytes, bytes], reason: str) -> None:
+    raw_id = fields.get(b"batch_id", b"?")
+    batch_id = raw_id.decode(errors="replace") if isinstance(raw_id, bytes) else str(raw_id)
+    log.error("rejected %s", reason)
+    letter: dict[str, str | bytes] = {
+        "batch_id": batch_id,
+        "entry_id": entry_id,
+        "reason": reason,
+        "time": str(time.time()),
+    }
+    if b"payload" in fields:
+        letter["payload"] = fields[b"payload"]
+    io.redis.xadd(keys.dead_letter_stream(io.run_id), letter)
+    io.reporter.event("batch_rejected", reason, batch_id=batch_id, entry_id=entry_id)
+    io.stream.ack([entry_id])
+    prom.REJECTED.inc()
+
+
+def _publish(
+    services: Services, io: RunIO, version: int, full: dict[str, torch.Tensor], push: bool = True
+) -> None:
+    assert services.outlet is not None
+    services.outlet.publish(version, full, push=push)
+    io.redis.set(keys.policy_version(io.run_id), str(version))
+
+
+def _acknowledge(io: RunIO) -> None:
+    """XACK, then SADD to the applied set, every batch a committed checkpoint now covers."""
+    if not io.uncommitted:
+        return
+    io.stream.ack([e.stream_id for e in io.uncommitted])
+    io.redis.sadd(keys.applied_batches(io.run_id), *[e.batch_id for e in io.uncommitted])
+    io.uncommitted.clear()
+
+
+def _commit_final(run: Run) -> None:
+    """At the end of a run: checkpoint what no checkpoint holds yet, then acknowledge it."""
+    needs = broadcast(bool(run.io.uncommitted) if run.io else None, run.ctx)
+    if not needs:
+        return
+    run.save(run.gather())
+    if run.io is not None:
+        _acknowledge(run.io)
+
+
+def _set_heartbeat(services: Services, run_id: str | None, state: TrainerState) -> None:
+    if services.heartbeat is not None:
+        services.heartbeat.update(run_id=run_id, version=state.version, step=state.optimizer_step)  # type: ignore[attr-defined]

@@ -1,0 +1,85 @@
+"""`train_on_batch` in this process on one FSDP2 rank: micro-batching does not change the update, and
+with several optimizer steps per batch the later steps see a ratio against the batch's start."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from dapo_trainer.synthetic import make_batch
+
+from dapo.config import parse_config
+
+
+@pytest.fixture
+def one_rank():  # noqa: ANN201
+    from dapo_trainer.distributed import setup_distributed, teardown_distributed
+
+    ctx = setup_distributed()
+    yield ctx
+    teardown_distributed()
+
+
+def _train(ctx, model_dir, batch, **policy):  # noqa: ANN001, ANN202
+    from dapo_trainer.model import read_model_info
+    from dapo_trainer.optim import build_optimizer
+    from dapo_trainer.step import train_on_batch
+    from dapo_trainer.train import setup_model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    config = parse_config(
+        {
+            "policy": {
+                "model_name": str(model_dir),
+                "precision": "float32",
+                "max_total_sequence_length": 64,
+                "generation": {"max_new_tokens": 32},
+                "optimizer": {"lr": 1e-3, "eps": 1e-4},
+                **policy,
+            },
+            "grpo": {"num_prompts_per_step": 2, "num_generations_per_prompt": 4},
+        }
+    )
+    info = read_model_info(str(model_dir), None)
+    model = setup_model(config, info, ctx)
+    optimizer, scheduler = build_optimizer(model, config.policy.optimizer)
+    result = train_on_batch(model, optimizer, scheduler, batch, config, ctx, info.pad_token_id)
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return result, state
+
+
+def test_micro_batching_does_not_change_the_update(one_rank, tiny_model_dir) -> None:
+    batch = make_batch("r", 0, num_sequences=8, vocab_size=512)
+    whole, whole_state = _train(
+        one_rank, tiny_model_dir, batch, train_global_batch_size=8, train_micro_batch_size=8
+    )
+    single, single_state = _train(
+        one_rank, tiny_model_dir, batch, train_global_batch_size=8, train_micro_batch_size=1
+    )
+    packed, packed_state = _train(
+        one_rank,
+        tiny_model_dir,
+        batch,
+        train_global_batch_size=8,
+        train_micro_batch_size=1,
+        max_tokens_per_microbatch=40,
+    )
+    for result in (single, packed):
+        assert result.metrics["train/loss"] == pytest.approx(whole.metrics["train/loss"], abs=1e-6)
+        assert result.metrics["train/grad_norm"] == pytest.approx(whole.metrics["train/grad_norm"], rel=1e-5)
+    for state in (single_state, packed_state):
+        for name, tensor in whole_state.items():
+            torch.testing.assert_close(state[name], tensor, rtol=0, atol=1e-6)
+    assert whole.num_optimizer_steps == 1
+    assert whole.metrics["train/ratio_mean"] == 1.0  # one step: old log-probs are the step's own
+
+
+def test_several_optimizer_steps_per_batch_use_the_batch_start_as_old_policy(
+    one_rank, tiny_model_dir
+) -> None:
+    batch = make_batch("r", 0, num_sequences=8, vocab_size=512)
+    result, _ = _train(one_rank, tiny_model_dir, batch, train_global_batch_size=2, train_micro_batch_size=1)
+    assert result.num_optimizer_steps == 4
+    assert result.metrics["train/num_optimizer_steps"] == 4.0
+    # Steps 2-4 run on moved parameters against the start's log-probs: the ratio leaves 1.
+    assert result.metrics["train/ratio_max"] > 1.0 + 1e-3
+    assert result.metrics["train/approx_kl"] > 0.0
