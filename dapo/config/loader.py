@@ -17,7 +17,14 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
-    """A config that cannot be used; the message names the key and what was expected."""
+    """A config that cannot be used; the message names the key and what was expected.
+
+    `errors` holds one (key path, message) pair per problem, for APIs that report them by field.
+    """
+
+    def __init__(self, message: str, errors: list[tuple[tuple[str | int, ...], str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors if errors is not None else [((), message)]
 
 
 def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -59,9 +66,8 @@ def parse_config(data: Mapping[str, Any] | None) -> RunConfig:
     try:
         return RunConfig.model_validate(dict(data or {}))
     except ValidationError as exc:
-        raise ConfigError(
-            "invalid run config:\n  " + "\n  ".join(_describe(e) for e in exc.errors())
-        ) from None
+        errors = [(tuple(e["loc"]), _describe(e)) for e in exc.errors()]
+        raise ConfigError("invalid run config:\n  " + "\n  ".join(m for _, m in errors), errors) from None
 
 
 def _parse_value(text: str) -> Any:

@@ -19,11 +19,11 @@ from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
-from dapo.data import PromptCursor, PromptRow, load_from_config
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from dapo import keys
 from dapo.config import RunConfig, parse_config
+from dapo.data import PromptCursor, PromptRow, load_from_config
 from dapo.v1 import reward_pb2, reward_pb2_grpc, rollout_pb2
 from dapo_controller.groups import Group, Sample, build_train_batch, sample_metrics, select_groups
 from dapo_controller.rollout_pool import RolloutPool
@@ -164,6 +164,7 @@ class RunLoop:
             t0 = time.monotonic()
             await self._wait_for_version(min_version, f"the trainer to apply batch {min_version - 1}")
             wait_trainer_s = time.monotonic() - t0
+            await self.store.update_run(self.run_id, policy_version=await self._trainer_version())
             if self._validation_due(step) and step not in validated:
                 await self._wait_for_version(step, "the trainer before validation")
                 await self._validate(step)
@@ -173,6 +174,7 @@ class RunLoop:
             await self.store.add_metrics(self.run_id, metrics)
             step += 1
         await self._wait_for_version(cfg.grpo.max_num_steps, "the trainer to apply the last batch")
+        await self.store.update_run(self.run_id, policy_version=await self._trainer_version())
         if cfg.grpo.max_num_steps not in validated and self.val_rows:
             await self._validate(cfg.grpo.max_num_steps)
 

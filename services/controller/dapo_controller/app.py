@@ -1,0 +1,111 @@
+"""The controller's FastAPI application: the REST API, health, Prometheus metrics, the dashboard.
+
+`create_app(settings)` builds it; its lifespan connects Redis, puts the RunStore on `app.state` and,
+unless `settings.run_loop` is false, starts the RunManager that drives the active run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from dapo import __version__
+from dapo_controller import api, dashboard
+from dapo_controller.settings import ControllerSettings
+from dapo_controller.store import RunStore
+
+
+def _metrics(registry: CollectorRegistry) -> dict[str, object]:
+    return {
+        "requests": Counter(
+            "dapo_controller_requests_total", "HTTP requests", ["method", "route", "code"], registry=registry
+        ),
+        "latency": Histogram(
+            "dapo_controller_request_seconds", "HTTP request latency", ["route"], registry=registry
+        ),
+        "runs": Gauge("dapo_controller_runs", "Runs by status", ["status"], registry=registry),
+        "step": Gauge("dapo_run_step", "Step of the active run", registry=registry),
+        "version": Gauge("dapo_run_policy_version", "Policy version of the active run", registry=registry),
+    }
+
+
+def create_app(settings: ControllerSettings | None = None) -> FastAPI:
+    settings = settings or ControllerSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        app.state.store = RunStore(client)
+        manager = None
+        if settings.run_loop:
+            from dapo_controller.manager import RunManager
+
+            manager = RunManager(app.state.store, settings)
+            await manager.start()
+        try:
+            yield
+        finally:
+            if manager is not None:
+                await manager.stop()
+            await client.aclose()
+
+    app = FastAPI(title="dapo controller", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    registry = CollectorRegistry()
+    metrics = _metrics(registry)
+    app.include_router(api.router)
+    app.include_router(dashboard.router)
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics["requests"].labels(request.method, route, str(response.status_code)).inc()  # type: ignore[attr-defined]
+        metrics["latency"].labels(route).observe(time.perf_counter() - started)  # type: ignore[attr-defined]
+        return response
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "Redis unreachable"}})
+    async def readyz(request: Request) -> JSONResponse:
+        """Ready when Redis answers."""
+        try:
+            await request.app.state.store.redis.ping()
+        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+            return JSONResponse(status_code=503, content={"status": "unavailable", "reason": str(exc)})
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    async def prometheus(request: Request) -> Response:
+        runs = await request.app.state.store.list_runs()
+        for status in ("pending", "running", "succeeded", "failed", "stopped"):
+            metrics["runs"].labels(status).set(sum(r.status == status for r in runs))  # type: ignore[attr-defined]
+        active = [r for r in runs if r.status == "running"]
+        if active:
+            metrics["step"].set(active[0].step)  # type: ignore[attr-defined]
+            metrics["version"].set(active[0].policy_version)  # type: ignore[attr-defined]
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for `uvicorn dapo_controller.app:create_app_from_env --factory` (settings from env)."""
+    return create_app(ControllerSettings())

@@ -1,0 +1,24 @@
+"""Settings of the controller process."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, Field
+
+
+class ControllerSettings(BaseModel):
+    redis_url: str = Field(default_factory=lambda: os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    """Redis holding runs, batches, metrics and events."""
+    api_token: str | None = Field(default_factory=lambda: os.environ.get("DAPO_API_TOKEN") or None)
+    """Bearer token required on mutating endpoints (none: open)."""
+    host: str = "127.0.0.1"
+    """Bind address."""
+    port: int = Field(8000, ge=0, le=65535)
+    """HTTP port."""
+    rollout_addresses: list[str] = Field(default_factory=list)
+    """Rollout gRPC servers (host:port, or dns:///name:port); empty: the run config's."""
+    reward_address: str | None = None
+    """Reward gRPC server; none: the run config's."""
+    run_loop: bool = True
+    """Drive runs (false: API only)."""
