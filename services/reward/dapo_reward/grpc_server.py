@@ -1,0 +1,56 @@
+"""The reward service's gRPC front end: `Score`, the standard health service and reflection."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from dapo.grpc_errors import ErrorInterceptor
+from dapo.v1 import reward_pb2, reward_pb2_grpc
+from dapo_reward.scoring import Item, Scorer
+
+MAX_MESSAGE_BYTES = 512 << 20  # a 10,000-item batch of long answers
+SERVICE_NAME = "dapo.v1.Reward"
+
+
+class RewardServicer(reward_pb2_grpc.RewardServicer):
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+
+    async def Score(
+        self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext
+    ) -> reward_pb2.ScoreReply:  # noqa: N802
+        items = [Item(i.id, i.response, i.ground_truth) for i in request.items]
+        results = await self.scorer.score(request.verifier or "math_verify", items, request.binary)
+        return reward_pb2.ScoreReply(
+            results=[
+                reward_pb2.ScoreResult(
+                    id=r.id, score=r.score, correct=r.correct, extracted=r.extracted, error=r.error
+                )
+                for r in results
+            ]
+        )
+
+
+async def build_grpc_server(scorer: Scorer, address: str) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    reward_pb2_grpc.add_RewardServicer_to_server(RewardServicer(scorer), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for name in ("", SERVICE_NAME):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (reward_pb2.DESCRIPTOR.services_by_name["Reward"].full_name, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, port

@@ -1,0 +1,210 @@
+"""The reward service on loopback, over gRPC and REST: verdicts, hostile input, a killed worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from dapo_reward.service import RewardOptions, RewardService
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dapo.v1 import reward_pb2, reward_pb2_grpc
+
+TIMEOUT_S = 2
+
+
+class Running:
+    """A RewardService on its own event loop in a background thread."""
+
+    def __init__(self, options: RewardOptions) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.service = RewardService(options)
+        self.call(self.service.start())
+        self.grpc_address = f"127.0.0.1:{self.service.grpc_port}"
+        self.http_url = f"http://127.0.0.1:{self.service.http_port}"
+
+    def call(self, coro: Any) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(120)
+
+    def stop(self) -> None:
+        self.call(self.service.stop(1))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def reward() -> Iterator[Running]:
+    running = Running(
+        RewardOptions(
+            grpc_port=0, http_port=0, workers=2, timeout=TIMEOUT_S, max_response_chars=200_000, cache_size=0
+        )
+    )
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def score_grpc(address: str, verifier: str, items: list[tuple[str, str]], binary: bool = False) -> list[Any]:
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 512 << 20)]) as channel:
+        stub = reward_pb2_grpc.RewardStub(channel)
+        request = reward_pb2.ScoreRequest(
+            verifier=verifier,
+            binary=binary,
+            items=[
+                reward_pb2.ScoreItem(id=str(i), response=r, ground_truth=g) for i, (r, g) in enumerate(items)
+            ],
+        )
+        return list(stub.Score(request, timeout=600).results)
+
+
+def score_rest(url: str, verifier: str, items: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    body = {
+        "verifier": verifier,
+        "items": [{"id": str(i), "response": r, "ground_truth": g} for i, (r, g) in enumerate(items)],
+    }
+    reply = httpx.post(f"{url}/v1/score", json=body, timeout=600)
+    assert reply.status_code == 200, reply.text
+    return reply.json()["results"]
+
+
+# (verifier, response, ground truth, expected correct)
+VERDICTS = [
+    ("math_verify", "The total is \\boxed{1,234}.", "1234", True),
+    ("math_verify", "\\boxed{0.5}", "\\frac{1}{2}", True),
+    ("math_verify", "$\\frac{3}{4}$", "3/4", True),
+    ("math_verify", "\\boxed{-7}", "-7", True),
+    ("math_verify", "\\boxed{7}", "-7", False),
+    ("math_verify", "\\boxed{\\boxed{12}}", "12", True),
+    ("math_verify", "85", "85", True),
+    ("math_verify", "84", "85", False),
+    ("math_verify", "So she sold 72 clips.", "Natalia sold 48+24 = 72.\n#### 72", True),
+    ("math_verify", "\\boxed{(1, 3]}", "(1,3]", True),
+    ("math_verify", "\\boxed{[1, 3]}", "(1,3]", False),
+    ("math_verify", "\\boxed{\\{1, 2, 3\\}}", "\\{3, 2, 1\\}", True),
+    ("math_verify", "\\boxed{5\\text{ cm}}", "5", True),
+    ("math_verify", "", "5", False),
+    ("math_verify", "I don't know", "5", False),
+    ("dapo", "work...\nAnswer: 1,234", "1234", True),
+    ("dapo", "Answer: $\\frac12$", "\\frac{1}{2}", True),
+    ("dapo", "Answer: 10 \\text{ dollars}", "10", True),
+    ("dapo", "Answer: 9", "#### 10", False),
+    ("dapo", "no answer line", "10", False),
+    ("dapo_boxed", "thus \\boxed{42}", "42", True),
+]
+
+
+@pytest.mark.parametrize("front", ["grpc", "rest"])
+def test_verdict_table(reward: Running, front: str) -> None:
+    for verifier in ("math_verify", "dapo", "dapo_boxed"):
+        rows = [(r, g, ok) for v, r, g, ok in VERDICTS if v == verifier]
+        items = [(r, g) for r, g, _ in rows]
+        if front == "grpc":
+            got = [(x.correct, x.score, x.error) for x in score_grpc(reward.grpc_address, verifier, items)]
+        else:
+            got = [
+                (x["correct"], x["score"], x["error"]) for x in score_rest(reward.http_url, verifier, items)
+            ]
+        expected = [(ok, 1.0 if ok else -1.0, "") for _, _, ok in rows]
+        assert got == expected, [
+            (r[0][:40], g, e) for r, g, e in zip(rows, got, expected, strict=True) if g != e
+        ]
+
+
+def test_binary_scores_and_extracted(reward: Running) -> None:
+    [right, wrong] = score_grpc(
+        reward.grpc_address, "math_verify", [("\\boxed{85}", "85"), ("84", "85")], binary=True
+    )
+    assert (right.score, wrong.score) == (1.0, 0.0)
+    assert right.extracted == "85"
+
+
+def test_bad_requests_name_the_field(reward: Running) -> None:
+    with pytest.raises(grpc.RpcError) as excinfo:
+        score_grpc(reward.grpc_address, "regex", [("1", "1")])
+    assert excinfo.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "verifier" in excinfo.value.details()
+    reply = httpx.post(f"{reward.http_url}/v1/score", json={"verifier": "regex", "items": []})
+    assert reply.status_code == 422 and reply.json()["detail"][0]["loc"] == ["body", "verifier"]
+    reply = httpx.post(f"{reward.http_url}/v1/score", json={"items": [{"id": "1", "response": "x"}]})
+    assert reply.status_code == 422 and reply.json()["detail"][0]["loc"] == [
+        "body",
+        "items",
+        0,
+        "ground_truth",
+    ]
+
+
+HOSTILE = [
+    ("huge", "1" * 1_000_000, "1", "too_large"),
+    ("nested braces", "\\boxed{" + "{" * 10_000 + "}" * 10_000 + "}", "1", None),
+    ("tower", "\\boxed{9^{9^{9^{9}}}}", "1", None),
+    ("malformed", "\\frac{\\sqrt{}{{\\left( \\boxed{", "2", None),
+    ("control characters", "\x00\x01\x1b[31m\x7f 5 \x00", "5", None),
+]
+
+
+@pytest.mark.parametrize(("name", "response", "truth", "error"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_input_gets_a_verdict_in_time(
+    reward: Running, name: str, response: str, truth: str, error: str | None
+) -> None:
+    started = time.monotonic()
+    [result] = score_grpc(reward.grpc_address, "math_verify", [(response, truth)])
+    elapsed = time.monotonic() - started
+    assert elapsed < TIMEOUT_S + 1.0, f"{name} took {elapsed:.1f} s"
+    if error is not None:
+        assert result.error == error
+    if name != "control characters":
+        assert result.correct is False and result.score == -1.0
+    # the service keeps answering afterwards
+    [after] = score_grpc(reward.grpc_address, "math_verify", [("\\boxed{3}", "3")])
+    assert after.correct
+
+
+def test_ten_thousand_items_in_one_batch(reward: Running) -> None:
+    items = [(f"\\boxed{{{i % 97}}}", str(i % 97 if i % 3 else i % 97 + 1)) for i in range(10_000)]
+    results = score_grpc(reward.grpc_address, "dapo_boxed", items)
+    assert len(results) == 10_000
+    assert [r.correct for r in results] == [bool(i % 3) for i in range(10_000)]
+
+
+def test_a_killed_worker_is_replaced_and_the_batch_answers(reward: Running) -> None:
+    pids = reward.service.pool.worker_pids()
+    slow = ("\\boxed{2^{2^{30}}}", "1")  # keeps a worker busy until its timeout
+    items = [slow] + [("\\boxed{4}", "4")] * 20
+    done: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: done.append(score_grpc(reward.grpc_address, "math_verify", items))
+    )
+    thread.start()
+    time.sleep(0.5)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    thread.join(60)
+    [results] = done
+    assert len(results) == 21
+    assert all(r.correct for r in results[1:] if r.error == "")
+    assert sum(r.error == "" for r in results) >= 15  # items after the kill were verified normally
+    deadline = time.monotonic() + 3  # an idle worker that was killed is replaced within a poll period
+    while reward.service.pool.num_alive() < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert reward.service.pool.num_alive() == 2
+    assert set(reward.service.pool.worker_pids()).isdisjoint(pids)
+    with grpc.insecure_channel(reward.grpc_address) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    metrics = httpx.get(f"{reward.http_url}/metrics").text
+    assert "dapo_reward_items_total" in metrics and "dapo_reward_pool_workers 2.0" in metrics
