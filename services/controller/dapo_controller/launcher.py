@@ -319,13 +319,17 @@ class Launcher:
             task = progress.add_task("run", total=total, info="starting services")
             while True:
                 self.supervise()
-                run = httpx.get(f"{self.controller_url}/v1/runs/{self.run_id}", timeout=10).json()
-                since = int(self.records[-1]["step"]) if self.records else 0
-                new = httpx.get(
-                    f"{self.controller_url}/v1/runs/{self.run_id}/metrics",
-                    params={"since": since},
-                    timeout=10,
-                ).json()
+                try:
+                    run = httpx.get(f"{self.controller_url}/v1/runs/{self.run_id}", timeout=10).json()
+                    since = int(self.records[-1]["step"]) if self.records else 0
+                    new = httpx.get(
+                        f"{self.controller_url}/v1/runs/{self.run_id}/metrics",
+                        params={"since": since},
+                        timeout=10,
+                    ).json()
+                except httpx.TransportError:  # the controller is restarting; supervise() watches it
+                    time.sleep(1.0)
+                    continue
                 seen = {json.dumps(r, sort_keys=True) for r in self.records if int(r["step"]) >= since}
                 for record in new:
                     if json.dumps(record, sort_keys=True) not in seen:
