@@ -95,7 +95,12 @@ def _read_parquet(file: Path) -> list[dict[str, Any]]:
             f"{file}: reading Parquet needs pyarrow, which is not installed (pip install pyarrow), "
             "or convert the file to JSONL"
         ) from None
-    return list(pq.read_table(file).to_pylist())
+    import pyarrow as pa
+
+    try:
+        return list(pq.read_table(file).to_pylist())
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{file}: not a readable Parquet file: {exc}") from None
 
 
 def detect_format(record: dict[str, Any]) -> Literal["verl", "gsm8k", "math"]:

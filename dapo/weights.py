@@ -203,14 +203,16 @@ def _torch_dtypes() -> dict[str, Any]:
 
 def tensors_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> list[TensorBytes]:
     """Raw bytes of each tensor (moved to CPU, made contiguous), without a further copy."""
+    import torch
+
     names = {v: k for k, v in _torch_dtypes().items()}
     out = []
     for name, tensor in state_dict.items():
         t = tensor.detach().to("cpu").contiguous()
         if t.dtype not in names:
             raise WeightUpdateError(f"tensor '{name}': unsupported dtype {t.dtype}")
-        raw = t.reshape(-1).view(__import__("torch").uint8).numpy()
-        out.append(TensorBytes(name, names[t.dtype], tuple(t.shape), memoryview(raw)))
+        raw = t.reshape(-1).view(torch.uint8).numpy()
+        out.append(TensorBytes(name, names[t.dtype], tuple(t.shape), memoryview(raw.data)))
     return out
 
 

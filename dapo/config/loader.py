@@ -24,7 +24,8 @@ class ConfigError(ValueError):
 
     def __init__(self, message: str, errors: list[tuple[tuple[str | int, ...], str]] | None = None) -> None:
         super().__init__(message)
-        self.errors = errors if errors is not None else [((), message)]
+        no_key: tuple[str | int, ...] = ()
+        self.errors = errors if errors is not None else [(no_key, message)]
 
 
 def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:

@@ -70,7 +70,7 @@ def build_untrained_model(out_dir: str | Path, seed: int = 0) -> Path:
     torch.set_num_threads(1)
     try:
         _seed_everything(seed)
-        model = Qwen2ForCausalLM(config).to(torch.float32).eval()
+        model = Qwen2ForCausalLM(config).float().eval()
         model.generation_config = GenerationConfig(
             bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id
         )

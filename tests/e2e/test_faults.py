@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from dapo_controller.launcher import Launcher
 
 from dapo import keys
 from dapo.config import load_config
-from dapo_controller.launcher import Launcher
 
 pytestmark = pytest.mark.slow
 
@@ -157,16 +157,34 @@ def test_run_survives_killed_controller_rollout_trainer_and_reward_restart(
     assert "service_restart" in kinds and "resumed" in kinds and "rollout_lost" in kinds
     trainer_records = [r for r in launcher.records if r.get("source") == "trainer"]
     assert sorted({r["version"] for r in trainer_records}) == list(range(1, NUM_STEPS + 1))
+    # The finished run replays over Server-Sent Events: its metrics, events and final status.
+    kinds_seen: list[str] = []
+    with httpx.stream(
+        "GET", f"{launcher.controller_url}/v1/runs/{launcher.run_id}/events", timeout=30
+    ) as reply:
+        for line in reply.iter_lines():
+            if line.startswith("event:"):
+                kinds_seen.append(line.split(":", 1)[1].strip())
+    assert kinds_seen.count("metrics") >= 2 * NUM_STEPS and "status" in kinds_seen
 
 
-def test_a_trainer_that_does_not_come_back_fails_the_run(
+def test_stop_then_a_trainer_that_does_not_come_back_fails_the_next_run(
     model_with_data: Path, tmp_path: Path, stopped_afterwards: list[Launcher]
 ) -> None:
-    overrides = small_config(model_with_data, tmp_path, **{"services.trainer_restart_timeout_s": 15})
+    overrides = small_config(
+        model_with_data, tmp_path, **{"services.trainer_restart_timeout_s": 15, "grpo.max_num_steps": 50}
+    )
     launcher = launch(overrides, tmp_path)
     stopped_afterwards.append(launcher)
-    launcher.submit()
+    first = launcher.submit()
     wait_for(lambda: trainer_steps(launcher) >= 1, 300, "the first step")
+    launcher.request_stop()
+    wait_for(lambda: run_status(launcher)["status"] != "running", 60, "the run to stop")
+    assert run_status(launcher)["status"] == "stopped"
+
+    second = launcher.submit()  # the same services take the next run
+    assert second != first
+    wait_for(lambda: trainer_steps(launcher) >= 1, 300, "the first step of the second run")
     trainer = service(launcher, "trainer")
     launcher.services.remove(trainer)  # not restarted
     os.killpg(trainer.process.pid, signal.SIGKILL)

@@ -133,16 +133,38 @@ def test_duplicate_ids_and_bad_template(tmp_path: Path) -> None:
         load_prompts(DATA / "math_rows.jsonl", prompt_template="{problem}")
 
 
-def test_parquet_without_pyarrow_says_so(tmp_path: Path) -> None:
+def test_parquet_rows_in_verl_format(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    rows = [
+        {
+            "data_source": "arithmetic",
+            "prompt": [{"role": "user", "content": "What is 1+2?"}],
+            "reward_model": {"style": "rule", "ground_truth": "3"},
+            "extra_info": {"index": 0},
+        },
+        {
+            "data_source": "arithmetic",
+            "prompt": [{"role": "user", "content": "What is 2+2?"}],
+            "reward_model": {"style": "rule", "ground_truth": "4"},
+            "extra_info": {"index": 1},
+        },
+    ]
     path = tmp_path / "rows.parquet"
-    path.write_bytes(b"PAR1")
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        with pytest.raises(DataError, match="pyarrow"):
-            load_prompts(path)
-    else:
-        pytest.skip("pyarrow is installed")
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    loaded = load_prompts(path)
+    assert [(r.id, r.messages[0]["content"], r.ground_truth) for r in loaded] == [
+        ("0", "What is 1+2?", "3"),
+        ("1", "What is 2+2?", "4"),
+    ]
+
+
+def test_corrupt_parquet_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "rows.parquet"
+    path.write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="rows.parquet"):
+        load_prompts(path)
 
 
 def _rows(n: int) -> list[PromptRow]:

@@ -48,7 +48,7 @@ class RewardService:
             lifespan="off",
         )
         self._http = uvicorn.Server(config)
-        self._http.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the caller owns signals
+        self._http.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # the caller owns signals
         self._http_task = asyncio.create_task(self._http.serve())
         while not self._http.started:
             if self._http_task.done():
