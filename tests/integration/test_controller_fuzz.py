@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import schemathesis
+from dapo_controller.settings import ControllerSettings
 from hypothesis import HealthCheck, given, settings
 
-from dapo_controller.settings import ControllerSettings
 from tests.integration.controller_server import running_controller
 
 

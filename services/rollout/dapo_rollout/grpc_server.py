@@ -1,0 +1,241 @@
+"""The rollout gRPC server (grpc.aio): Generate, UpdateWeights, Status, and the standard health service.
+
+One interceptor maps exceptions to status codes: bad input (`ValueError`, `WeightUpdateError`, vLLM's
+client errors) is INVALID_ARGUMENT, an update older than the served version FAILED_PRECONDITION, a server
+without weights (or with a failed engine) UNAVAILABLE, anything else INTERNAL. Health reports SERVING
+only while a weights version is loaded and the engine is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from dapo.v1 import rollout_pb2, rollout_pb2_grpc
+from dapo.weights import WeightUpdateError
+from dapo_rollout.engine import NotReadyError, RolloutEngine, SamplingSpec
+from dapo_rollout.metrics import RolloutMetrics
+from dapo_rollout.weight_update import StaleVersionError, WeightUpdater
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 256 << 20  # weight chunks are a few MiB; replies of many long samples can be large
+SERVICE_NAME = "dapo.v1.Rollout"
+
+
+def status_code_for(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, StaleVersionError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, NotReadyError):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, (ValueError, WeightUpdateError)):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if any(cls.__name__ == "VLLMClientError" for cls in type(exc).__mro__):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.INTERNAL
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns an exception escaping a unary or client-streaming handler into a status code."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _guard(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _guard(handler.stream_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _guard(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            code = status_code_for(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", method)
+            else:
+                log.info("%s refused (%s): %s", method, code.name, exc)
+            await context.abort(code, str(exc) or type(exc).__name__)
+
+    return guarded
+
+
+def sampling_spec(params: rollout_pb2.SamplingParams) -> SamplingSpec:
+    """Validate the request's sampling settings (0 for n means 1, 0 for top_p means 1.0)."""
+    n = params.n or 1
+    if n < 1:
+        raise ValueError(f"sampling.n must be >= 1, got {params.n}")
+    if params.max_tokens < 1:
+        raise ValueError(f"sampling.max_tokens must be >= 1, got {params.max_tokens}")
+    if not params.temperature >= 0:
+        raise ValueError(f"sampling.temperature must be >= 0, got {params.temperature}")
+    top_p = params.top_p or 1.0
+    if not 0 < top_p <= 1:
+        raise ValueError(f"sampling.top_p must be in (0, 1], got {params.top_p}")
+    if params.top_k < -1:
+        raise ValueError(f"sampling.top_k must be -1, 0 (off) or positive, got {params.top_k}")
+    if any(not s for s in params.stop):
+        raise ValueError("sampling.stop: empty stop string")
+    return SamplingSpec(
+        n=n,
+        temperature=float(params.temperature),
+        top_p=float(top_p),
+        top_k=max(0, int(params.top_k)),
+        max_tokens=int(params.max_tokens),
+        stop=tuple(params.stop),
+        seed=int(params.seed) if params.HasField("seed") else None,
+    )
+
+
+class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
+    def __init__(
+        self,
+        engine: RolloutEngine,
+        updater: WeightUpdater,
+        metrics: RolloutMetrics,
+        health: health_aio.HealthServicer,
+    ) -> None:
+        self.engine = engine
+        self.updater = updater
+        self.metrics = metrics
+        self.health = health
+
+    async def refresh_health(self) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.engine.is_ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+        self.metrics.policy_version.set(self.engine.version)
+
+    def _prompt_ids(self, index: int, prompt: rollout_pb2.Prompt, max_tokens: int) -> list[int]:
+        kind = prompt.WhichOneof("kind")
+        if kind == "token_ids":
+            ids = list(prompt.token_ids.ids)
+        elif kind == "chat":
+            ids = self.engine.render_chat([(m.role, m.content) for m in prompt.chat.messages])
+        else:
+            raise ValueError(f"prompt {index}: neither token_ids nor chat is set")
+        self.engine.check_prompt(index, ids, max_tokens)
+        return ids
+
+    async def Generate(
+        self, request: rollout_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> rollout_pb2.GenerateReply:
+        started = time.perf_counter()
+        if not request.prompts:
+            raise ValueError("no prompts")
+        spec = sampling_spec(request.sampling)
+        prompts = [self._prompt_ids(i, p, spec.max_tokens) for i, p in enumerate(request.prompts)]
+        self.metrics.requests_in_flight.inc()
+        try:
+            outcome = await self.engine.generate(prompts, spec)
+        except asyncio.CancelledError:
+            self.metrics.requests.labels("cancelled").inc()
+            raise
+        except Exception:
+            self.metrics.requests.labels("error").inc()
+            raise
+        finally:
+            self.metrics.requests_in_flight.dec()
+        self.metrics.observe_generate(
+            outcome.num_prompt_tokens, outcome.num_tokens, time.perf_counter() - started
+        )
+        return rollout_pb2.GenerateReply(
+            results=[
+                rollout_pb2.PromptResult(
+                    prompt_token_ids=ids,
+                    samples=[
+                        rollout_pb2.Sample(
+                            token_ids=s.token_ids,
+                            logprobs=s.logprobs,
+                            finish_reason=s.finish_reason,
+                            text=s.text,
+                            policy_version=outcome.version,
+                        )
+                        for s in group
+                    ],
+                )
+                for ids, group in zip(prompts, outcome.samples, strict=True)
+            ]
+        )
+
+    async def UpdateWeights(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        from dapo.v1 import weights_pb2
+
+        try:
+            result = await self.updater.update(request_iterator)
+        except (WeightUpdateError, StaleVersionError):
+            self.metrics.updates_rejected.inc()
+            await _drain(request_iterator)
+            raise
+        finally:
+            await self.refresh_health()
+        if not result.is_applied:
+            await _drain(request_iterator)
+        return weights_pb2.WeightUpdateReply(
+            version=result.version, num_bytes=result.num_bytes, duration_s=result.duration_s
+        )
+
+    async def Status(
+        self, request: rollout_pb2.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> rollout_pb2.StatusReply:
+        return rollout_pb2.StatusReply(
+            policy_version=self.engine.version,
+            model=self.engine.options.model,
+            requests_in_flight=self.engine.num_in_flight,
+            tokens_per_second=self.metrics.tokens_per_second(),
+            ready=self.engine.is_ready,
+        )
+
+
+async def _drain(request_iterator: Any) -> None:
+    """Read what the client still sends before answering: a grpc.aio client whose stream is cut by an
+    early answer can report INTERNAL ("Internal error from Core") instead of the server's status."""
+    async for _ in request_iterator:
+        pass
+
+
+def build_server(servicer: RolloutServicer, address: str) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server with the Rollout and health services bound to `address`; returns (server, port)."""
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    rollout_pb2_grpc.add_RolloutServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer.health, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, port

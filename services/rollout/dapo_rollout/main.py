@@ -1,0 +1,76 @@
+"""`dapo rollout`: parse the flags, then start the rollout server (vLLM is imported only after parsing)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dapo rollout", description="Serve a policy with vLLM over gRPC.")
+    p.add_argument("--model", required=True, help="Hugging Face model directory")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--version", type=int, default=0, help="policy version the on-disk weights count as")
+    start.add_argument(
+        "--wait-for-weights",
+        action="store_true",
+        help="start from the architecture only; NOT_SERVING until the first weights arrive",
+    )
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port")
+    p.add_argument("--metrics-port", type=int, default=8001, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--weights-address", default=None, help="host:port of the trainer's WeightPublisher")
+    p.add_argument("--poll-seconds", type=float, default=3.0, help="how often to ask the publisher")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--dtype", default=None, help="engine dtype (default: float32 on CPU, the model's on GPU)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--allow-inflight-updates",
+        action="store_true",
+        help="swap weights without waiting for calls in flight (their samples carry the older version)",
+    )
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    if args.version < 0:
+        p.error(f"--version must be >= 0, got {args.version}")
+    if not 0 < args.gpu_memory_utilization <= 1:
+        p.error(f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization}")
+    if args.poll_seconds <= 0:
+        p.error(f"--poll-seconds must be positive, got {args.poll_seconds}")
+    if not os.path.isfile(os.path.join(args.model, "config.json")):
+        p.error(f"--model {args.model}: no config.json there (expected a Hugging Face model directory)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from dapo_rollout.engine import EngineOptions
+    from dapo_rollout.service import ServerOptions, serve
+
+    options = ServerOptions(
+        engine=EngineOptions(
+            model=args.model,
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            seed=args.seed,
+            wait_for_weights=args.wait_for_weights,
+            initial_version=args.version,
+            allow_inflight_updates=args.allow_inflight_updates,
+        ),
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port or None,
+        weights_address=args.weights_address,
+        poll_s=args.poll_seconds,
+    )
+    return asyncio.run(serve(options))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""The rollout server's staging: verified tensors land in a safetensors file that loads back identically,
+and a refused update leaves nothing behind. No vLLM needed."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dapo_rollout.weight_update import ShmStagingAssembler, StaleVersionError, WeightUpdater
+
+from dapo.weights import TensorBytes, WeightUpdateError, encode_update
+
+SPECS = {"w": ("float32", (16, 8)), "h": ("float16", (5,)), "e": ("float32", (0,))}
+
+
+def tensors(seed: int) -> list[TensorBytes]:
+    rng = np.random.default_rng(seed)
+    return [
+        TensorBytes(
+            "w", "float32", (16, 8), memoryview(rng.standard_normal((16, 8)).astype(np.float32).tobytes())
+        ),
+        TensorBytes("h", "float16", (5,), memoryview(rng.standard_normal(5).astype(np.float16).tobytes())),
+        TensorBytes("e", "float32", (0,), memoryview(b"")),
+    ]
+
+
+def test_staged_file_loads_back_with_safetensors(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    assembler = ShmStagingAssembler(SPECS, str(tmp_path))
+    for message in encode_update(3, tensors(3), chunk_bytes=64):
+        assembler.add(message)
+    directory = assembler.seal()
+    loaded = load_file(str(Path(directory) / "model.safetensors"))
+    for t in tensors(3):
+        assert loaded[t.name].shape == t.shape and loaded[t.name].tobytes() == bytes(t.data)
+    assembler.discard()
+    assert not Path(directory).exists()
+
+
+class FakeEngine:
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.applied: list[tuple[int, dict]] = []
+
+    async def apply_weights(self, version: int, weights_dir: str) -> None:
+        from safetensors.numpy import load_file
+
+        self.applied.append((version, load_file(str(Path(weights_dir) / "model.safetensors"))))
+        self.version = version
+
+
+async def stream(messages):
+    for message in messages:
+        yield message
+
+
+def test_updater_applies_new_versions_and_leaves_no_files(tmp_path: Path) -> None:
+    engine = FakeEngine(0)
+    updater = WeightUpdater(engine, SPECS, str(tmp_path))
+    result = asyncio.run(updater.update(stream(encode_update(1, tensors(1)))))
+    assert result.is_applied and result.version == 1 and engine.version == 1
+    assert engine.applied[0][1]["w"].tobytes() == bytes(tensors(1)[0].data)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_updater_acknowledges_the_served_version_and_refuses_older_ones(tmp_path: Path) -> None:
+    engine = FakeEngine(5)
+    updater = WeightUpdater(engine, SPECS, str(tmp_path))
+    result = asyncio.run(updater.update(stream(encode_update(5, tensors(1)))))
+    assert not result.is_applied and result.version == 5 and engine.applied == []
+    with pytest.raises(StaleVersionError, match="version 4 is older than the served version 5"):
+        asyncio.run(updater.update(stream(encode_update(4, tensors(1)))))
+
+
+def test_a_refused_update_touches_neither_engine_nor_disk(tmp_path: Path) -> None:
+    engine = FakeEngine(0)
+    updater = WeightUpdater(engine, SPECS, str(tmp_path))
+    messages = list(encode_update(1, tensors(1), chunk_bytes=64))
+    with pytest.raises(WeightUpdateError, match="'h': received 0 of 10 bytes"):
+        asyncio.run(updater.update(stream(messages[:-2])))
+    with pytest.raises(WeightUpdateError, match="must start with its manifest"):
+        asyncio.run(updater.update(stream(messages[1:])))
+    assert engine.applied == [] and engine.version == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_expected_tensors_from_the_config_equal_the_checkpoints(tiny_model_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    import shutil
+
+    from dapo_rollout.weight_update import expected_specs_from_dir
+
+    from_checkpoint = expected_specs_from_dir(tiny_model_dir)
+    assert from_checkpoint["lm_head.weight"] == ("float32", (512, 256))
+    architecture_only = tmp_path / "arch"
+    architecture_only.mkdir()
+    shutil.copy(tiny_model_dir / "config.json", architecture_only / "config.json")
+    assert expected_specs_from_dir(architecture_only) == from_checkpoint
+    assert set(expected_specs_from_dir(architecture_only, "bfloat16").values()) == {
+        ("bfloat16", shape) for _, shape in from_checkpoint.values()
+    }
