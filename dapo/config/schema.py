@@ -266,6 +266,8 @@ class ServicesConfig(Section):
     """Deadline of one Generate or Score call."""
     trainer_restart_timeout_s: float = Field(300.0, gt=0)
     """A trainer silent for longer than this fails the run."""
+    rollout_timeout_s: float = Field(600.0, gt=0)
+    """With no rollout server serving the needed policy version for this long, the run fails."""
 
 
 class RunConfig(Section):

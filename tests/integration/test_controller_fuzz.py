@@ -22,7 +22,9 @@ def test_no_request_in_the_spec_gets_a_server_error(redis_server) -> None:  # ty
             def check(case) -> None:  # type: ignore[no-untyped-def]
                 response = case.call(timeout=10)
                 if response.status_code >= 500:
-                    failures.append(f"{case.method} {case.formatted_path}: {response.status_code} {response.text}")
+                    failures.append(
+                        f"{case.method} {case.formatted_path}: {response.status_code} {response.text}"
+                    )
 
             check()
         assert failures == []

@@ -387,7 +387,7 @@ class RunLoop:
         """Until at least one healthy rollout server serves `version` or newer."""
         assert self.pool is not None
         self.pool.required_version = version
-        deadline = time.monotonic() + self.config.services.trainer_restart_timeout_s
+        deadline = time.monotonic() + self.config.services.rollout_timeout_s
         while True:
             healthy = await self.pool.probe()
             if healthy:
@@ -397,7 +397,7 @@ class RunLoop:
                 return
             if time.monotonic() > deadline:
                 raise RunFailed(
-                    f"no healthy rollout server reached policy version {version} in time "
+                    f"no healthy rollout server reached policy version {version} within services.rollout_timeout_s "
                     f"(servers: {', '.join(self.endpoints.rollout_addresses)})"
                 )
             await self._check_stop()
