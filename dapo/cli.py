@@ -4,6 +4,7 @@ dapo run CONFIG [key=value ...]       launch everything locally and run one trai
 dapo up [CONFIG] [key=value ...]      launch the services only
 dapo config CONFIG [key=value ...]    print the resolved, validated config as JSON
 dapo make-tiny-model DIR              build the tiny CPU model, its tokenizer and task data
+dapo health http URL | grpc HOST:PORT exit 0 when a service is healthy (container healthchecks)
 dapo controller|rollout|reward|trainer [args]   start one service (`--help` for its flags)
 """
 
@@ -23,6 +24,7 @@ COMMANDS = {
     "up": "dapo_controller.launcher",
     "config": "dapo.config.cli",
     "make-tiny-model": "dapo.tiny.cli",
+    "health": "dapo.healthcheck",
 }
 
 

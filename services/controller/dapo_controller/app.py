@@ -22,7 +22,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from dapo import __version__
+from dapo import __version__, keys
 from dapo_controller import api, dashboard
 from dapo_controller.settings import ControllerSettings
 from dapo_controller.store import RunStore
@@ -39,7 +39,31 @@ def _metrics(registry: CollectorRegistry) -> dict[str, object]:
         "runs": Gauge("dapo_controller_runs", "Runs by status", ["status"], registry=registry),
         "step": Gauge("dapo_run_step", "Step of the active run", registry=registry),
         "version": Gauge("dapo_run_policy_version", "Policy version of the active run", registry=registry),
+        "latest": Gauge(
+            "dapo_run_metric", "Latest value of a loop metric of the active run", ["key"], registry=registry
+        ),
+        "queue": Gauge(
+            "dapo_run_queue_depth", "Batches queued and not yet applied by the trainer", registry=registry
+        ),
     }
+
+
+EXPORTED = (
+    "train/reward",
+    "train/accuracy",
+    "val/accuracy",
+    "train/staleness",
+    "train/groups_kept_frac",
+    "gen/tokens_per_s",
+    "train/tokens_per_s",
+    "train/entropy",
+    "train/clip_high_frac",
+    "train/clip_low_frac",
+    "time/generate",
+    "time/reward",
+    "time/publish",
+    "time/gather",
+)
 
 
 def create_app(settings: ControllerSettings | None = None) -> FastAPI:
@@ -99,8 +123,17 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
             metrics["runs"].labels(status).set(sum(r.status == status for r in runs))  # type: ignore[attr-defined]
         active = [r for r in runs if r.status == "running"]
         if active:
-            metrics["step"].set(active[0].step)  # type: ignore[attr-defined]
-            metrics["version"].set(active[0].policy_version)  # type: ignore[attr-defined]
+            run = active[0]
+            metrics["step"].set(run.step)  # type: ignore[attr-defined]
+            metrics["version"].set(run.policy_version)  # type: ignore[attr-defined]
+            for key in EXPORTED:
+                if isinstance(run.latest_metrics.get(key), int | float):
+                    metrics["latest"].labels(key).set(run.latest_metrics[key])  # type: ignore[attr-defined]
+            redis = request.app.state.store.redis
+            queued = await redis.xlen(keys.batch_stream(run.id)) - await redis.scard(
+                keys.applied_batches(run.id)
+            )
+            metrics["queue"].set(max(0, queued))  # type: ignore[attr-defined]
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -198,9 +198,10 @@ class RunLoop:
         for _ in range(cfg.grpo.dynamic_sampling_max_gen_batches):
             num_rounds += 1
             await self._check_stop()
-            missing = wanted - len(kept)
+            # With dynamic sampling every round over-samples a whole batch (DAPO's generation batch);
+            # surplus groups are dropped. Without it, one round of exactly the batch.
             num_prompts = (
-                math.ceil(missing * cfg.grpo.batch_multiplier) if cfg.grpo.use_dynamic_sampling else missing
+                math.ceil(wanted * cfg.grpo.batch_multiplier) if cfg.grpo.use_dynamic_sampling else wanted
             )
             rows = cursor.take(num_prompts)
             t0 = time.monotonic()

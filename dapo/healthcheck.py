@@ -1,0 +1,50 @@
+"""`dapo health http URL` / `dapo health grpc HOST:PORT [--service NAME]`: exit 0 when healthy.
+
+Used by container healthchecks: HTTP is healthy on a 2xx answer, gRPC when the standard
+grpc.health.v1 Check answers SERVING.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def check_http(url: str, timeout_s: float) -> tuple[bool, str]:
+    import httpx
+
+    try:
+        reply = httpx.get(url, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        return False, f"{url}: {exc}"
+    return reply.is_success, f"{url}: HTTP {reply.status_code}"
+
+
+def check_grpc(address: str, service: str, timeout_s: float) -> tuple[bool, str]:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+            )
+        except grpc.RpcError as exc:
+            return False, f"{address}: {exc.code().name}"
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return reply.status == health_pb2.HealthCheckResponse.SERVING, f"{address}: {status}"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="dapo health", description=__doc__)
+    parser.add_argument("kind", choices=["http", "grpc"])
+    parser.add_argument("target", help="URL (http) or host:port (grpc)")
+    parser.add_argument("--service", default="", help="gRPC service name to check ('' = the server)")
+    parser.add_argument("--timeout", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    if args.kind == "http":
+        ok, message = check_http(args.target, args.timeout)
+    else:
+        ok, message = check_grpc(args.target, args.service, args.timeout)
+    print(message, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1

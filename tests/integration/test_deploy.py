@@ -1,0 +1,114 @@
+"""Deployment files, validated offline by the real tools (compose, helm, kubernetes-validate), and
+every run config they ship loads with the run schema."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dapo.config import load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("rendered")
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts/validate_deploy.sh"), str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+def manifests(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def test_chart_renders_every_component(rendered: Path) -> None:
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in manifests(rendered / "default.yaml")}
+    for kind, name in [
+        ("Deployment", "controller"),
+        ("Deployment", "reward"),
+        ("Deployment", "rollout"),
+        ("StatefulSet", "trainer"),
+        ("StatefulSet", "redis"),
+        ("Service", "rollout"),
+        ("ConfigMap", "runconfig"),
+        ("NetworkPolicy", "internal"),
+    ]:
+        assert (kind, f"dapo-dapo-{name}") in kinds
+    assert not any(k in ("HorizontalPodAutoscaler", "Ingress", "Secret") for k, _ in kinds)
+    rollout_service = next(
+        d
+        for d in manifests(rendered / "default.yaml")
+        if d["kind"] == "Service" and d["metadata"]["name"] == "dapo-dapo-rollout"
+    )
+    assert rollout_service["spec"]["clusterIP"] == "None"  # headless: servers are discovered
+
+
+def test_multinode_values(rendered: Path) -> None:
+    docs = manifests(rendered / "multinode-monitoring.yaml")
+    kinds = {d["kind"] for d in docs}
+    assert {"HorizontalPodAutoscaler", "Ingress", "Secret", "ServiceMonitor"} <= kinds
+    trainer = next(
+        d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("trainer")
+    )
+    assert trainer["spec"]["replicas"] == 2
+    container = trainer["spec"]["template"]["spec"]["containers"][0]
+    assert "--nnodes=2" in container["args"][0] and "--nproc_per_node=8" in container["args"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    run = parse_config(yaml.safe_load(config["data"]["run.yaml"]))  # the chart's run config is valid
+    assert run.cluster.num_nodes == 2 and run.loss_fn.ratio_clip_max == 0.28
+
+
+def test_shipped_run_configs_load() -> None:
+    assert load_config(ROOT / "deploy/runconfig.yaml").grpo.use_dynamic_sampling
+    values = yaml.safe_load((ROOT / "helm/dapo/values.yaml").read_text())
+    parse_config(values["runConfig"])
+
+
+def test_every_file_a_dockerfile_copies_exists() -> None:
+    dockerfiles = sorted((ROOT / "docker").glob("*.Dockerfile"))
+    assert {p.name for p in dockerfiles} == {
+        f"{s}.Dockerfile" for s in ("controller", "reward", "rollout", "trainer")
+    }
+    for dockerfile in dockerfiles:
+        text = dockerfile.read_text()
+        assert "USER dapo" in text and "HEALTHCHECK" in text, dockerfile.name
+        for line in text.splitlines():
+            match = re.match(r"COPY\s+(?!--)(.+)\s+\S+$", line)
+            if match:
+                for source in match.group(1).split():
+                    assert (ROOT / source).exists(), f"{dockerfile.name} copies missing {source}"
+    for slim in ("controller", "reward"):
+        text = (ROOT / f"docker/{slim}.Dockerfile").read_text()
+        assert "RUN pip install . " in text and "[gpu]" not in text and "torch" not in text.split("\n", 1)[1]
+
+
+def test_compose_services_health_and_ordering() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"redis", "controller", "reward", "rollout", "trainer", "prometheus", "grafana"} <= set(services)
+    for name in ("redis", "controller", "reward", "rollout", "trainer"):
+        assert "healthcheck" in services[name], name
+    assert "--appendonly" in services["redis"]["command"]
+    assert services["controller"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert services["trainer"]["restart"] == "on-failure"
+    for gpu_service in ("rollout", "trainer"):
+        devices = services[gpu_service]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"]
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
+    assert jobs == {"controller", "reward", "rollout", "trainer"}
