@@ -33,7 +33,7 @@ def to_prompt(prompt: PromptLike) -> rollout_pb2.Prompt:
     if items and isinstance(items[0], Mapping):
         messages = [rollout_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in items]  # type: ignore[index]
         return rollout_pb2.Prompt(chat=rollout_pb2.ChatPrompt(messages=messages))
-    return rollout_pb2.Prompt(token_ids=rollout_pb2.TokenIds(ids=[int(t) for t in items]))  # type: ignore[arg-type]
+    return rollout_pb2.Prompt(token_ids=rollout_pb2.TokenIds(ids=[int(t) for t in items]))  # type: ignore[arg-type,call-overload]
 
 
 def sampling_params(

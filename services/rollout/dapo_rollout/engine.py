@@ -149,8 +149,8 @@ def engine_args(opts: EngineOptions, device: str) -> Any:
     is_cpu = device == "cpu"
     return AsyncEngineArgs(
         model=opts.model,
-        dtype=opts.dtype or ("float32" if is_cpu else "auto"),
-        max_model_len=opts.max_model_len,
+        dtype=opts.dtype or ("float32" if is_cpu else "auto"),  # type: ignore[arg-type]  # checked by argparse
+        max_model_len=opts.max_model_len,  # type: ignore[arg-type]  # None: the model's own length
         seed=opts.seed,
         enforce_eager=is_cpu,
         gpu_memory_utilization=opts.gpu_memory_utilization,
@@ -302,7 +302,10 @@ class RolloutEngine:
         for completion in sorted(final.outputs, key=lambda c: c.index):
             token_ids = list(completion.token_ids)
             steps = completion.logprobs or []
-            logprobs = [float(step[token].logprob) for step, token in zip(steps, token_ids, strict=True)]
+            logprobs = [
+                float(step[token].logprob)  # type: ignore[index]  # logprobs=0 always returns the sampled token
+                for step, token in zip(steps, token_ids, strict=True)
+            ]
             reason = str(completion.finish_reason)
             if reason not in FINISH_REASONS:
                 raise RuntimeError(f"vLLM ended a sample with finish reason '{reason}'")

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from dapo.grpc_errors import ErrorInterceptor
 from dapo.v1 import rollout_pb2, rollout_pb2_grpc
 from dapo.weights import WeightUpdateError
 from dapo_rollout.engine import NotReadyError, RolloutEngine, SamplingSpec
@@ -30,60 +30,17 @@ MAX_MESSAGE_BYTES = 256 << 20  # weight chunks are a few MiB; replies of many lo
 SERVICE_NAME = "dapo.v1.Rollout"
 
 
-def status_code_for(exc: BaseException) -> grpc.StatusCode:
+def status_code_for(exc: BaseException) -> grpc.StatusCode | None:
+    """Rollout-specific codes; the shared interceptor maps other ValueErrors to INVALID_ARGUMENT."""
     if isinstance(exc, StaleVersionError):
         return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(exc, NotReadyError):
         return grpc.StatusCode.UNAVAILABLE
-    if isinstance(exc, (ValueError, WeightUpdateError)):
+    if isinstance(exc, WeightUpdateError):
         return grpc.StatusCode.INVALID_ARGUMENT
     if any(cls.__name__ == "VLLMClientError" for cls in type(exc).__mro__):
         return grpc.StatusCode.INVALID_ARGUMENT
-    return grpc.StatusCode.INTERNAL
-
-
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns an exception escaping a unary or client-streaming handler into a status code."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _guard(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _guard(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
-
-
-def _guard(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
-    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await behavior(request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            code = status_code_for(exc)
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", method)
-            else:
-                log.info("%s refused (%s): %s", method, code.name, exc)
-            await context.abort(code, str(exc) or type(exc).__name__)
-
-    return guarded
+    return None
 
 
 def sampling_spec(params: rollout_pb2.SamplingParams) -> SamplingSpec:
@@ -227,7 +184,7 @@ async def _drain(request_iterator: Any) -> None:
 def build_server(servicer: RolloutServicer, address: str) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with the Rollout and health services bound to `address`; returns (server, port)."""
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=[ErrorInterceptor(status_code_for)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
