@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing as mp
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,8 @@ Verdict = tuple[bool, str, str]  # (correct, extracted, error)
 
 
 def _worker_main(conn: Connection) -> None:
+    # math-verify logs the whole input on a timeout (megabytes of hostile text): keep workers quiet.
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
     while True:
         try:
             job = conn.recv()
