@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import grpc
-
-from dapo.v1 import reward_pb2, reward_pb2_grpc
 from dapo_reward.service import RewardOptions, RewardService
 from dapo_reward.verifiers import verify_item
+
+from dapo.v1 import reward_pb2, reward_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMS = [
