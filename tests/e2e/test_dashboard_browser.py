@@ -78,6 +78,7 @@ class ServedApp:
 
     def _serve(self) -> None:
         loop = self._loop
+        asyncio.set_event_loop(loop)
         loop.run_until_complete(self._server.serve(sockets=[self._sock]))
         # sse-starlette leaves a shutdown watcher per stream; end them before closing the loop.
         pending = asyncio.all_tasks(loop)

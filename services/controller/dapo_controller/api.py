@@ -10,11 +10,17 @@ from typing import Annotated, Any
 import yaml
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sse_starlette.sse import EventSourceResponse
 
-from dapo import keys
 from dapo.config import ConfigError, apply_overrides, parse_config
-from dapo_controller.models import TERMINAL, CreateRunRequest, RunRecord, ValidationErrorResponse
+from dapo_controller.models import (
+    TERMINAL,
+    CreateRunRequest,
+    RunRecord,
+    RunStatus,
+    ValidationErrorResponse,
+)
 from dapo_controller.store import RunStore
 
 router = APIRouter(prefix="/v1", tags=["runs"])
@@ -24,15 +30,25 @@ def get_store(request: Request) -> RunStore:
     return request.app.state.store  # type: ignore[no-any-return]
 
 
-def require_token(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+_bearer = HTTPBearer(
+    auto_error=False, description="Required on POST endpoints when the controller has an API token."
+)
+
+
+def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+) -> None:
     """Mutating endpoints need `Authorization: Bearer <token>` when the controller has a token."""
     token = request.app.state.settings.api_token
     if token is None:
         return
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
+    given = credentials.credentials if credentials is not None else ""
+    if not secrets.compare_digest(given.encode(), token.encode()):
         raise HTTPException(
-            status_code=401, detail="missing or wrong API token (Authorization: Bearer <token>)"
+            status_code=401,
+            detail="missing or wrong API token (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": "Bearer"},
         )
 
 
@@ -79,7 +95,7 @@ async def create_run(body: CreateRunRequest, store: Annotated[RunStore, Depends(
 @router.get("/runs", response_model=list[RunRecord])
 async def list_runs(
     store: Annotated[RunStore, Depends(get_store)],
-    status: Annotated[str | None, Query(pattern="^(pending|running|succeeded|failed|stopped)$")] = None,
+    status: RunStatus | None = None,
 ) -> Any:
     """All runs, newest first (optionally only those with `status`)."""
     return await store.list_runs(status)
@@ -114,24 +130,41 @@ async def stop_run(run_id: str, store: Annotated[RunStore, Depends(get_store)]) 
     return await store.request_stop(run_id)
 
 
-def _split_cursor(last_event_id: str | None) -> tuple[str, str]:
+# Last-Event-ID of this stream: "<events stream id>|<metrics stream id>" (either part may be absent).
+_STREAM_ID = r"\d{1,19}(-\d{1,19})?"
+LAST_EVENT_ID_PATTERN = rf"^({_STREAM_ID})?(\|({_STREAM_ID})?)?$"
+# How long one read of a live run's streams waits for news (status changes show within this).
+LIVE_WAIT_MS = 1000
+# How long a stream of an ended run waits for writes that trail the terminal status.
+TRAILING_WRITES_MS = 250
+
+
+def split_cursor(last_event_id: str | None) -> tuple[str, str]:
+    """The events and metrics stream ids to resume after ("0": from the start)."""
     events_id, _, metrics_id = (last_event_id or "").partition("|")
     return events_id or "0", metrics_id or "0"
 
 
-@router.get("/runs/{run_id}/events", responses={404: {"description": "unknown run"}})
+@router.get(
+    "/runs/{run_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "event, metrics and status events"},
+        404: {"description": "unknown run"},
+    },
+)
 async def follow_run(
     run_id: str,
     store: Annotated[RunStore, Depends(get_store)],
-    last_event_id: Annotated[str | None, Header(max_length=100)] = None,
+    last_event_id: Annotated[str | None, Header(max_length=100, pattern=LAST_EVENT_ID_PATTERN)] = None,
 ) -> EventSourceResponse:
     """Server-Sent Events: `event` (run events), `metrics` (metric records), `status` (on a change).
 
-    Replays what happened after `Last-Event-ID` (all of it by default), then streams until the run
-    has ended and everything was sent.
+    Replays what happened after `Last-Event-ID` (all of it by default; each SSE id is
+    "<events id>|<metrics id>"), then streams until the run has ended and everything was sent.
     """
     await _existing(store, run_id)
-    events_id, metrics_id = _split_cursor(last_event_id)
+    events_id, metrics_id = split_cursor(last_event_id)
 
     async def stream() -> AsyncIterator[dict[str, str]]:
         nonlocal events_id, metrics_id
@@ -143,20 +176,19 @@ async def follow_run(
             if run.status != last_status:
                 last_status = run.status
                 yield {"event": "status", "id": f"{events_id}|{metrics_id}", "data": run.model_dump_json()}
-            reply = await store.redis.xread(
-                {keys.events_stream(run_id): events_id, keys.metrics_stream(run_id): metrics_id},
-                count=500,
-                block=1000,
+            # A live run: wait for news. An ended run: wait only for the writes that trail its final
+            # status (the closing event), then close.
+            is_over = run.status in TERMINAL
+            entries = await store.follow(
+                run_id, events_id, metrics_id, block_ms=TRAILING_WRITES_MS if is_over else LIVE_WAIT_MS
             )
-            for stream_key, entries in reply or []:
-                kind = "event" if stream_key.decode() == keys.events_stream(run_id) else "metrics"
-                for entry_id, fields in entries:
-                    if kind == "event":
-                        events_id = entry_id.decode()
-                    else:
-                        metrics_id = entry_id.decode()
-                    yield {"event": kind, "id": f"{events_id}|{metrics_id}", "data": fields[b"data"].decode()}
-            if not reply and run.status in TERMINAL:
+            for kind, entry_id, data in entries:
+                if kind == "event":
+                    events_id = entry_id
+                else:
+                    metrics_id = entry_id
+                yield {"event": kind, "id": f"{events_id}|{metrics_id}", "data": data}
+            if not entries and is_over:
                 return
             await asyncio.sleep(0)
 

@@ -77,7 +77,7 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
         if settings.run_loop:
             from dapo_controller.manager import RunManager
 
-            manager = RunManager(app.state.store, settings)
+            manager = RunManager(store=app.state.store, settings=settings)
             await manager.start()
         try:
             yield
