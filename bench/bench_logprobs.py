@@ -6,6 +6,13 @@ Variants, each run in a FRESH subprocess on the same seeded inputs:
 - chunked:    `dapo.algo.token_logprobs` (custom autograd function, logits recomputed per chunk in
               backward), then `policy_loss`, then backward.
 - checkpoint: the naive computation per chunk of tokens under `torch.utils.checkpoint`.
+- fused:      `dapo.algo.fused_policy_loss`: the loss evaluated chunk by chunk in forward, the lm head's
+              gradients formed while each chunk's logits are in memory (three [T x H x V] matmuls
+              instead of chunked's four); backward only scales them.
+
+The old log-probs (the current ones plus seeded noise, so ratios reach both clip bounds) are computed
+once per child before timing, with `token_logprobs` under no_grad, so every variant sees the same
+loss inputs (the fused path needs them before its forward).
 
 Memory: each child reports its peak resident set size (`ru_maxrss`, the kernel's high-water mark of
 the process) and its RSS after the inputs exist. Large tensors are mmap-backed in glibc and returned
@@ -15,7 +22,7 @@ every variant, counts as working memory). Time: wall clock of forward + loss + b
 warm-up in the same process, with OMP_NUM_THREADS=1 (set by this script for its children).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_logprobs.py [--tokens 2048 --vocab 151936 --hidden 1536
-        --chunk-size 256 --variants naive,chunked,checkpoint]
+        --chunk-size 256 --variants naive,chunked,fused,checkpoint]
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import resource
 import subprocess
 import sys
 import time
+
+VARIANTS = ("naive", "chunked", "fused", "checkpoint")
 
 
 def _rss_bytes() -> int:
@@ -41,7 +50,7 @@ def _child(variant: str, tokens: int, vocab: int, hidden: int, chunk_size: int) 
     import torch
     import torch.utils.checkpoint
 
-    from dapo.algo import policy_loss, token_logprobs
+    from dapo.algo import fused_policy_loss, policy_loss, token_logprobs
 
     torch.set_num_threads(1)
 
@@ -66,38 +75,54 @@ def _child(variant: str, tokens: int, vocab: int, hidden: int, chunk_size: int) 
         ]
         return torch.cat(parts)
 
-    def step(hidden_TH: torch.Tensor, weight_VH: torch.Tensor, targets_T: torch.Tensor) -> float:
-        num_sequences = 4
-        logp_T = logp_of(hidden_TH, weight_VH, targets_T)
-        logp_BT = logp_T.view(num_sequences, -1)
-        generator = torch.Generator().manual_seed(1)
-        old_logp_BT = logp_BT.detach() + 0.1 * torch.randn(logp_BT.shape, generator=generator)
+    num_sequences = 4
+    loss_options = {"ratio_clip_min": 0.2, "ratio_clip_max": 0.28}
+
+    def step(
+        hidden_TH: torch.Tensor, weight_VH: torch.Tensor, targets_T: torch.Tensor, old_logp_BT: torch.Tensor
+    ) -> float:
         advantages_B = torch.tensor([1.0, -1.0, 0.5, -0.5])
-        mask_BT = torch.ones(logp_BT.shape, dtype=torch.bool)
-        loss, _ = policy_loss(
-            logp_BT,
-            old_logp_BT,
-            advantages_B,
-            mask_BT,
-            ratio_clip_min=0.2,
-            ratio_clip_max=0.28,
-            global_denominator=logp_BT.numel(),
-        )
+        mask_BT = torch.ones(old_logp_BT.shape, dtype=torch.bool)
+        if variant == "fused":
+            loss = fused_policy_loss(
+                hidden_TH.view(num_sequences, -1, hidden_TH.shape[1]),
+                weight_VH,
+                targets_T.view(num_sequences, -1),
+                old_logp_BT,
+                advantages_B,
+                mask_BT,
+                global_denominator=old_logp_BT.numel(),
+                chunk_size=chunk_size,
+                **loss_options,
+            )[0]
+        else:
+            logp_BT = logp_of(hidden_TH, weight_VH, targets_T).view(num_sequences, -1)
+            loss, _ = policy_loss(
+                logp_BT,
+                old_logp_BT,
+                advantages_B,
+                mask_BT,
+                global_denominator=logp_BT.numel(),
+                **loss_options,
+            )
         loss.backward()
         return loss.item()
 
-    def inputs(t: int, v: int, h: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def inputs(t: int, v: int, h: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(0)
         hidden_TH = torch.randn(t, h, generator=generator).requires_grad_()
         weight_VH = (torch.randn(v, h, generator=generator) * h**-0.5).requires_grad_()
         targets_T = torch.randint(0, v, (t,), generator=generator)
-        return hidden_TH, weight_VH, targets_T
+        with torch.no_grad():
+            logp_T, _ = token_logprobs(hidden_TH, weight_VH, targets_T, chunk_size=chunk_size)
+        noise = 0.1 * torch.randn(t, generator=torch.Generator().manual_seed(1))
+        return hidden_TH, weight_VH, targets_T, (logp_T + noise).view(num_sequences, -1)
 
     step(*inputs(64, 1024, 64))  # warm-up: kernels and allocator, negligible memory
-    hidden_TH, weight_VH, targets_T = inputs(tokens, vocab, hidden)
+    hidden_TH, weight_VH, targets_T, old_logp_BT = inputs(tokens, vocab, hidden)
     rss_setup = _rss_bytes()
     start = time.perf_counter()
-    loss = step(hidden_TH, weight_VH, targets_T)
+    loss = step(hidden_TH, weight_VH, targets_T, old_logp_BT)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     grad_norm = float(hidden_TH.grad.norm()) + float(weight_VH.grad.norm())
@@ -116,11 +141,14 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=151_936)
     parser.add_argument("--hidden", type=int, default=1536)
     parser.add_argument("--chunk-size", type=int, default=256)
-    parser.add_argument("--variants", default="naive,chunked")
+    parser.add_argument("--variants", default="naive,chunked,fused")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tokens % 4:
         parser.error("--tokens must be divisible by 4 (four sequences)")
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        parser.error(f"--variants: unknown {sorted(unknown)}; choose from {list(VARIANTS)}")
     if args.child:
         result = _child(args.child, args.tokens, args.vocab, args.hidden, args.chunk_size)
         print(json.dumps(result))

@@ -2,8 +2,8 @@
 
 `group_advantages`, `dynamic_sampling_filter`, `overlong_penalty` and `overlong_filter_mask` work on
 numpy arrays and Python lists and never import torch (the controller runs without it).
-`policy_loss`, `combine_metrics`, `loss_denominator` and `token_logprobs` need torch; they are loaded
-lazily on first access, so `import dapo.algo` stays torch-free.
+`policy_loss`, `combine_metrics`, `loss_denominator`, `token_logprobs` and `fused_policy_loss` need
+torch; they are loaded lazily on first access, so `import dapo.algo` stays torch-free.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ _EXPORTS = {
     "combine_metrics": "dapo.algo.loss",
     "loss_denominator": "dapo.algo.loss",
     "token_logprobs": "dapo.algo.logprobs",
+    "fused_policy_loss": "dapo.algo.fused",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from dapo.algo.advantages import group_advantages as group_advantages
+    from dapo.algo.fused import fused_policy_loss as fused_policy_loss
     from dapo.algo.logprobs import token_logprobs as token_logprobs
     from dapo.algo.loss import combine_metrics as combine_metrics
     from dapo.algo.loss import loss_denominator as loss_denominator

@@ -1,22 +1,27 @@
-"""Load the Hugging Face causal LM and wrap it so one forward returns response-token log-probs.
+"""Load the Hugging Face causal LM and wrap it so one forward returns response-token log-probs, or
+the DAPO loss.
 
 `LogprobModel.forward` runs the decoder (`model.model`), gathers the hidden states that predict the
 response tokens, and hands them with the lm_head weight to `dapo.algo.token_logprobs`, which never
-materialises the [tokens, vocab] logits. The wrapper is FSDP2's root module, so the embedding, final
-norm and lm_head are gathered by the root's hooks around exactly this forward.
+materialises the [tokens, vocab] logits. Given `loss_inputs` it calls `dapo.algo.fused_policy_loss`
+instead, which evaluates the loss chunk by chunk and forms the lm head's gradients in the same pass
+(three [T x H x V] matmuls instead of four). The wrapper is FSDP2's root module, so the embedding,
+final norm and lm_head are gathered by the root's hooks around exactly this forward: the loss must be
+computed inside it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import nn
 
-from dapo.algo import token_logprobs
+from dapo.algo import fused_policy_loss, token_logprobs
 
 WRAPPER_PREFIX = "causal_lm."
 
@@ -68,6 +73,20 @@ def read_model_info(model_name: str, tokenizer_name: str | None) -> ModelInfo:
     )
 
 
+@dataclass(frozen=True)
+class LossInputs:
+    """What `LogprobModel.forward` needs to return the DAPO loss instead of log-probs (the arguments of
+    `dapo.algo.fused_policy_loss` besides hidden states, lm head and targets). A dataclass, not plain
+    tensor arguments, so FSDP2's mixed-precision input cast leaves these float32 tensors alone."""
+
+    advantages_B: torch.Tensor
+    mask_BR: torch.Tensor
+    global_denominator: int | float
+    old_logp_BR: torch.Tensor | None = None  # None: the forward's own log-probs (ratio 1)
+    rollout_logp_BR: torch.Tensor | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)  # policy_loss's scalar options
+
+
 class LogprobModel(nn.Module):
     """A causal LM whose forward gives (B, R) log-probs (and entropies) of the response tokens."""
 
@@ -83,6 +102,7 @@ class LogprobModel(nn.Module):
     def decoder_layers(self) -> nn.ModuleList:
         return self.causal_lm.model.layers
 
+    @overload
     def forward(
         self,
         input_ids_BT: torch.Tensor,
@@ -90,7 +110,35 @@ class LogprobModel(nn.Module):
         response_start_B: torch.Tensor,
         targets_BR: torch.Tensor,
         with_entropy: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        loss_inputs: None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    @overload
+    def forward(
+        self,
+        input_ids_BT: torch.Tensor,
+        attention_mask_BT: torch.Tensor,
+        response_start_B: torch.Tensor,
+        targets_BR: torch.Tensor,
+        with_entropy: bool = True,
+        *,
+        loss_inputs: LossInputs,
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor | None]: ...
+
+    def forward(
+        self,
+        input_ids_BT: torch.Tensor,
+        attention_mask_BT: torch.Tensor,
+        response_start_B: torch.Tensor,
+        targets_BR: torch.Tensor,
+        with_entropy: bool = True,
+        loss_inputs: LossInputs | None = None,
+    ) -> (
+        tuple[torch.Tensor, torch.Tensor | None]
+        | tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor | None]
+    ):
+        """(logp_BR, entropy_BR) without `loss_inputs`; with them, `fused_policy_loss`'s
+        (loss, raw metrics, logp_BR, entropy_BR), logp and entropy detached."""
         hidden_BTH = self.causal_lm.model(
             input_ids=input_ids_BT, attention_mask=attention_mask_BT, use_cache=False
         ).last_hidden_state
@@ -100,10 +148,25 @@ class LogprobModel(nn.Module):
         positions_BR = response_start_B[:, None] - 1 + torch.arange(num_response, device=targets_BR.device)
         positions_BR = positions_BR.clamp(max=hidden_BTH.shape[1] - 1)
         index_BRH = positions_BR[:, :, None].expand(-1, -1, hidden_BTH.shape[2])
-        hidden_BRH = torch.gather(hidden_BTH, 1, index_BRH)
         weight_VH = self.causal_lm.lm_head.weight
+        hidden_BRH = torch.gather(hidden_BTH, 1, index_BRH).to(weight_VH.dtype)
+        if loss_inputs is not None:
+            return fused_policy_loss(
+                hidden_BRH,
+                weight_VH,
+                targets_BR,
+                loss_inputs.old_logp_BR,
+                loss_inputs.advantages_B,
+                loss_inputs.mask_BR,
+                global_denominator=loss_inputs.global_denominator,
+                chunk_size=self.chunk_size,
+                temperature=self.temperature,
+                with_entropy=with_entropy,
+                rollout_logp_BR=loss_inputs.rollout_logp_BR,
+                **loss_inputs.options,
+            )
         logp_BR, entropy_BR = token_logprobs(
-            hidden_BRH.to(weight_VH.dtype),
+            hidden_BRH,
             weight_VH,
             targets_BR,
             chunk_size=self.chunk_size,

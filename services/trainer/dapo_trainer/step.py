@@ -1,9 +1,10 @@
 """Training on one TrainBatch: old log-probs, then one optimizer step per `train_global_batch_size`
-sequences (forward with `dapo.algo.token_logprobs`, `policy_loss` over the global token count,
-backward, gradient clipping, AdamW).
+sequences (a forward that returns the loss over the global token count, computed by
+`dapo.algo.fused_policy_loss` inside the model's forward; backward, gradient clipping, AdamW).
 
-Old log-probs are the trainer's own at the start of the batch (no grad). With a single optimizer step
-per batch they equal the first forward's values, so `logp.detach()` is used and the extra pass saved.
+Old log-probs are the trainer's own at the start of the batch (no grad, `dapo.algo.token_logprobs`).
+With a single optimizer step per batch they equal the first forward's values, so the forward's own
+detached log-probs are used and the extra pass saved.
 The per-micro-batch metrics of all ranks are gathered to rank 0 and combined with
 `dapo.algo.combine_metrics`, which gives exactly the whole batch's figures.
 """
@@ -17,12 +18,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from dapo.algo import combine_metrics, policy_loss
+from dapo.algo import combine_metrics
 from dapo.batch import TrainBatch
 from dapo.config import RunConfig
 from dapo_trainer.batches import MicroBatch, collate, loss_denominator, plan_batch
 from dapo_trainer.distributed import DistContext, gather_to_main
-from dapo_trainer.model import LogprobModel
+from dapo_trainer.model import LogprobModel, LossInputs
 
 
 @dataclass
@@ -113,18 +114,15 @@ def train_on_batch(
         step_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
         for micro_index, mb in enumerate(step_batches):
             start = clock.now()
-            logp_BR, entropy_BR = _forward(model, mb, with_entropy=True)
-            old_logp_BR = logp_BR.detach() if old_logps is None else old_logps[step_index][micro_index]
-            loss, metrics = policy_loss(
-                logp_BR,
-                old_logp_BR,
-                mb.advantages_B,
-                mb.mask_BR,
+            loss_inputs = LossInputs(
+                advantages_B=mb.advantages_B,
+                mask_BR=mb.mask_BR,
                 global_denominator=denominator,
-                rollout_logp_BT=mb.rollout_logp_BR,
-                entropy_BT=entropy_BR,
-                **options,  # type: ignore[arg-type]
+                old_logp_BR=None if old_logps is None else old_logps[step_index][micro_index],
+                rollout_logp_BR=mb.rollout_logp_BR,
+                options=options,
             )
+            loss, metrics = _forward_loss(model, mb, loss_inputs)
             middle = clock.now()
             loss.backward()
             times.forward += middle - start
@@ -190,3 +188,18 @@ def _forward(
     model: LogprobModel, mb: MicroBatch, *, with_entropy: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     return model(mb.input_ids_BT, mb.attention_mask_BT, mb.response_start_B, mb.targets_BR, with_entropy)
+
+
+def _forward_loss(
+    model: LogprobModel, mb: MicroBatch, loss_inputs: LossInputs
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The micro-batch's share of the loss (backward gives the gradients) and its raw metrics."""
+    loss, metrics, _, _ = model(
+        mb.input_ids_BT,
+        mb.attention_mask_BT,
+        mb.response_start_B,
+        mb.targets_BR,
+        True,
+        loss_inputs=loss_inputs,
+    )
+    return loss, metrics
