@@ -1,11 +1,13 @@
 """The trainer's side of the weights contract: serve the newest version, push versions to rollout servers.
 
 `WeightPublisher` is a gRPC server (the `WeightPublisher` service of weights.proto) running on its own
-thread pool, so synchronous training code can use it: `publish(version, tensors)` swaps in the newest
-version (older or equal versions are refused), `FetchWeights(min_version)` streams it to a rollout server
-that started late or restarted (NOT_FOUND while nothing at least that new is published), `LatestVersion`
-answers -1 until the first publish. `push_weights` streams one version to one rollout server's
-`UpdateWeights` and returns once the server serves it.
+thread pool, so synchronous training code can use it: `publish(version, tensors, run_id=...)` swaps in the
+newest version (within one run, older or equal versions are refused; a version of another run replaces
+whatever was published, since every run counts from 0), `FetchWeights(min_version)` streams it to a rollout
+server that started late or restarted (NOT_FOUND while nothing at least that new is published),
+`LatestVersion` answers the (version, run_id) published, version -1 until the first publish.
+`push_weights` streams one version to one rollout server's `UpdateWeights` and returns once the server
+serves it.
 
 The publisher holds references to the tensors' bytes, not copies: the caller must not modify them after
 `publish` (the trainer publishes a fresh gathered state dict each step).
@@ -43,18 +45,19 @@ class _Servicer(weights_pb2_grpc.WeightPublisherServicer):
     def FetchWeights(
         self, request: weights_pb2.FetchWeightsRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        version, tensors = self.publisher.snapshot()
+        run_id, version, tensors = self.publisher.snapshot()
         if version < 0 or version < request.min_version:
             context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"no published version >= {request.min_version} (latest: {version})",
             )
-        yield from encode_update_serialized(version, tensors, self.publisher.chunk_bytes)
+        yield from encode_update_serialized(version, tensors, self.publisher.chunk_bytes, run_id=run_id)
 
     def LatestVersion(
         self, request: weights_pb2.LatestVersionRequest, context: grpc.ServicerContext
     ) -> weights_pb2.LatestVersionReply:
-        return weights_pb2.LatestVersionReply(version=self.publisher.latest_version)
+        run_id, version, _ = self.publisher.snapshot()
+        return weights_pb2.LatestVersionReply(version=version, run_id=run_id)
 
 
 class WeightPublisher:
@@ -76,6 +79,7 @@ class WeightPublisher:
         self.port: int | None = None
         self._lock = threading.Lock()
         self._version = -1
+        self._run_id = ""
         self._tensors: list[TensorBytes] = []
         self._server: grpc.Server | None = None
         self._health = health.HealthServicer()
@@ -92,9 +96,15 @@ class WeightPublisher:
         with self._lock:
             return self._version
 
-    def snapshot(self) -> tuple[int, list[TensorBytes]]:
+    @property
+    def latest_run_id(self) -> str:
         with self._lock:
-            return self._version, self._tensors
+            return self._run_id
+
+    def snapshot(self) -> tuple[str, int, list[TensorBytes]]:
+        """(run_id, version, tensors) of the published version."""
+        with self._lock:
+            return self._run_id, self._version, self._tensors
 
     def start(self) -> WeightPublisher:
         if self._server is not None:
@@ -135,16 +145,19 @@ class WeightPublisher:
         log.info("weight publisher on %s:%d", self.host, port)
         return self
 
-    def publish(self, version: int, tensors: Iterable[TensorBytes]) -> None:
-        """Make `version` the one served; it must be newer than the last published one."""
+    def publish(self, version: int, tensors: Iterable[TensorBytes], run_id: str = "") -> None:
+        """Make `version` of run `run_id` the one served; within the run of the last published version it
+        must be newer than that one (a version of another run replaces it whatever its number)."""
+        if version < 0:
+            raise ValueError(f"version must be >= 0, got {version}")
         tensors = list(tensors)
         names = [t.name for t in tensors]
         if len(set(names)) != len(names):
             raise ValueError(f"version {version}: a tensor name appears twice")
         with self._lock:
-            if version <= self._version:
+            if run_id == self._run_id and version <= self._version:
                 raise ValueError(f"version {version} is not newer than the published version {self._version}")
-            self._version, self._tensors = version, tensors
+            self._run_id, self._version, self._tensors = run_id, version, tensors
 
     def stop(self, grace: float | None = 5.0) -> None:
         if self._server is not None:
@@ -171,7 +184,11 @@ def _varint(value: int) -> bytes:
 
 
 def encode_update_serialized(
-    version: int, tensors: Iterable[TensorBytes], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    version: int,
+    tensors: Iterable[TensorBytes],
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    *,
+    run_id: str = "",
 ) -> Iterator[bytes]:
     """The messages of `encode_update`, already serialized, copying each tensor byte once.
 
@@ -181,7 +198,7 @@ def encode_update_serialized(
     checks that the bytes parse to exactly `encode_update`'s messages.
     """
     tensors = list(tensors)
-    messages = encode_update(version, tensors, chunk_bytes)
+    messages = encode_update(version, tensors, chunk_bytes, run_id=run_id)
     yield next(messages).SerializeToString()  # the manifest (with the checksums)
     for t in tensors:
         data = t.data.cast("B")
@@ -199,11 +216,14 @@ def push_weights(
     tensors: Iterable[TensorBytes],
     timeout: float = 600.0,
     chunk_bytes: int = CHUNK_BYTES,
+    run_id: str = "",
 ) -> weights_pb2.WeightUpdateReply:
-    """Stream `version` to the rollout server at `address`; return its reply once it serves the version.
+    """Stream `version` of run `run_id` to the rollout server at `address`; return its reply once it
+    serves the version.
 
     Raises `grpc.RpcError` on failure: INVALID_ARGUMENT (the server refused the update; it still serves
-    its old version), FAILED_PRECONDITION (it already serves a newer version), UNAVAILABLE, DEADLINE_EXCEEDED.
+    its old version), FAILED_PRECONDITION (it already serves a newer version of the same run),
+    UNAVAILABLE, DEADLINE_EXCEEDED.
     """
     with grpc.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
         update = channel.stream_unary(
@@ -211,4 +231,4 @@ def push_weights(
             request_serializer=None,  # the messages are serialized already
             response_deserializer=weights_pb2.WeightUpdateReply.FromString,
         )
-        return update(encode_update_serialized(version, tensors, chunk_bytes), timeout=timeout)
+        return update(encode_update_serialized(version, tensors, chunk_bytes, run_id=run_id), timeout=timeout)

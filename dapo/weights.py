@@ -1,8 +1,9 @@
 """The weights contract in code: encode a policy version into manifest + chunk messages, and
 reassemble and verify it on the receiving side.
 
-A sender yields a `WeightManifest` (every tensor's name, dtype, shape, byte size and CRC-32), then
-`TensorChunk`s of at most `chunk_bytes` each. `WeightAssembler` accepts messages one by one and only
+A sender yields a `WeightManifest` (every tensor's name, dtype, shape, byte size and CRC-32, and the run
+the version belongs to: every run counts its versions from 0, so a policy is a (run_id, version) pair),
+then `TensorChunk`s of at most `chunk_bytes` each. `WeightAssembler` accepts messages one by one and only
 returns tensors from `finish()` once every tensor arrived whole with a matching checksum; any problem
 raises `WeightUpdateError` naming the tensor and what was wrong, and nothing is returned.
 The torch helpers import torch lazily so that this module imports without it.
@@ -50,9 +51,13 @@ def _numel(shape: Iterable[int]) -> int:
 
 
 def encode_update(
-    version: int, tensors: Iterable[TensorBytes], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    version: int,
+    tensors: Iterable[TensorBytes],
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    *,
+    run_id: str = "",
 ) -> Iterator[weights_pb2.WeightUpdateMessage]:
-    """Yield the manifest, then each tensor's chunks, for one policy version."""
+    """Yield the manifest, then each tensor's chunks, for one policy version of run `run_id`."""
     if chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
     tensors = list(tensors)
@@ -64,7 +69,7 @@ def encode_update(
     ]
     total = sum(t.num_bytes for t in tensors)
     yield weights_pb2.WeightUpdateMessage(
-        manifest=weights_pb2.WeightManifest(version=version, tensors=specs, total_bytes=total)
+        manifest=weights_pb2.WeightManifest(version=version, tensors=specs, total_bytes=total, run_id=run_id)
     )
     for t in tensors:
         data = t.data.cast("B")
@@ -89,6 +94,7 @@ class WeightAssembler:
     def __init__(self, expected: Mapping[str, tuple[str, tuple[int, ...]]] | None = None) -> None:
         self.expected = dict(expected) if expected is not None else None
         self.version: int | None = None
+        self.run_id = ""
         self.specs: dict[str, weights_pb2.TensorSpec] = {}
         self.buffers: dict[str, bytearray] = {}
         self.received: dict[str, int] = {}
@@ -138,6 +144,7 @@ class WeightAssembler:
                 more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
                 raise WeightUpdateError(f"tensor '{missing[0]}'{more}: missing from the manifest")
         self.version = manifest.version
+        self.run_id = manifest.run_id
         self.specs = specs
         self.buffers = {name: bytearray(spec.num_bytes) for name, spec in specs.items()}
         self.received = dict.fromkeys(specs, 0)

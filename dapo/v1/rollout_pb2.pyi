@@ -64,18 +64,20 @@ class GenerateRequest(_message.Message):
     def __init__(self, prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Sample(_message.Message):
-    __slots__ = ("token_ids", "logprobs", "finish_reason", "text", "policy_version")
+    __slots__ = ("token_ids", "logprobs", "finish_reason", "text", "policy_version", "run_id")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     logprobs: _containers.RepeatedScalarFieldContainer[float]
     finish_reason: str
     text: str
     policy_version: int
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[str] = ..., text: _Optional[str] = ..., policy_version: _Optional[int] = ...) -> None: ...
+    run_id: str
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[str] = ..., text: _Optional[str] = ..., policy_version: _Optional[int] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class PromptResult(_message.Message):
     __slots__ = ("prompt_token_ids", "samples")
@@ -96,15 +98,17 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("policy_version", "model", "requests_in_flight", "tokens_per_second", "ready")
+    __slots__ = ("policy_version", "model", "requests_in_flight", "tokens_per_second", "ready", "run_id")
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     policy_version: int
     model: str
     requests_in_flight: int
     tokens_per_second: float
     ready: bool
-    def __init__(self, policy_version: _Optional[int] = ..., model: _Optional[str] = ..., requests_in_flight: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., ready: _Optional[bool] = ...) -> None: ...
+    run_id: str
+    def __init__(self, policy_version: _Optional[int] = ..., model: _Optional[str] = ..., requests_in_flight: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., ready: _Optional[bool] = ..., run_id: _Optional[str] = ...) -> None: ...

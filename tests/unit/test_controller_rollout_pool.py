@@ -1,5 +1,5 @@
 """RolloutPool over real gRPC servers on loopback whose generator is a stand-in (no vLLM here):
-failover to another server, rotation after a probe, version gating."""
+failover to another server, rotation after a probe, version gating, run gating (versions count per run)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from dapo.v1 import rollout_pb2, rollout_pb2_grpc
 
 
 class StandInRollout(rollout_pb2_grpc.RolloutServicer):
-    def __init__(self, name: int, version: int = 0) -> None:
+    def __init__(self, name: int, version: int = 0, run_id: str = "") -> None:
         self.name = name
         self.version = version
+        self.run_id = run_id
         self.failing = False
         self.calls = 0
 
@@ -33,6 +34,7 @@ class StandInRollout(rollout_pb2_grpc.RolloutServicer):
                     finish_reason="stop",
                     text=str(self.name),
                     policy_version=self.version,
+                    run_id=self.run_id,
                 )
                 for _ in range(request.sampling.n)
             ]
@@ -44,7 +46,7 @@ class StandInRollout(rollout_pb2_grpc.RolloutServicer):
     async def Status(self, request, context):  # noqa: N802
         if self.failing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "engine down")
-        return rollout_pb2.StatusReply(policy_version=self.version, ready=True)
+        return rollout_pb2.StatusReply(policy_version=self.version, ready=True, run_id=self.run_id)
 
 
 async def start(servicer: StandInRollout) -> tuple[grpc.aio.Server, str]:
@@ -93,6 +95,48 @@ def test_failover_rotation_and_version_gate() -> None:
                 NoHealthyServerError, match="failed on every server|no healthy rollout server"
             ):
                 await pool.generate(prompts(1), sampling)
+        finally:
+            await pool.close()
+            await sa.stop(0)
+            await sb.stop(0)
+
+    asyncio.run(scenario())
+
+
+def test_only_servers_serving_the_pools_run_get_requests() -> None:
+    async def scenario() -> None:
+        # a still serves the previous run's version 40; b already serves this run's version 0.
+        a, b = StandInRollout(1, version=40, run_id="run-a"), StandInRollout(2, version=0, run_id="run-b")
+        (sa, addr_a), (sb, addr_b) = await start(a), await start(b)
+        pool = RolloutPool([addr_a, addr_b], timeout_s=5, run_id="run-b")
+        try:
+            assert sorted(await pool.probe()) == sorted([addr_a, addr_b])  # both answer and are ready
+            assert [s.address for s in pool.healthy()] == [addr_b]  # but only b serves run-b
+            sampling = rollout_pb2.SamplingParams(n=2, max_tokens=4, temperature=1.0)
+            for _ in range(3):
+                results = await pool.generate(prompts(4), sampling)
+                assert {(s.run_id, s.policy_version) for r in results for s in r.samples} == {("run-b", 0)}
+            assert a.calls == 0
+
+            pool.required_version = 1  # a's version 40 is not "newer": it belongs to another run
+            await pool.probe()
+            assert pool.healthy() == []
+            with pytest.raises(NoHealthyServerError, match="of run 'run-b'"):
+                await pool.generate(prompts(1), sampling)
+
+            a.run_id, a.version, b.version = "run-b", 1, 1  # a took run-b's version 1
+            await pool.probe()
+            assert sorted(s.address for s in pool.healthy()) == sorted([addr_a, addr_b])
+
+            # a switches to another run after the probe: its reply is discarded and retried on b.
+            a.run_id, a.version = "run-c", 0
+            results = await pool.generate(prompts(4), sampling)
+            assert {s.run_id for r in results for s in r.samples} == {"run-b"}
+            assert a.calls >= 1 and [s.address for s in pool.healthy()] == [addr_b]
+
+            b.run_id = "run-c"  # now no server serves run-b: nothing from run-c is ever returned
+            with pytest.raises(NoHealthyServerError):
+                await pool.generate(prompts(2), sampling)
         finally:
             await pool.close()
             await sa.stop(0)

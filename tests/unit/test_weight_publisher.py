@@ -36,7 +36,7 @@ def publisher():
         pub.stop()
 
 
-def fetch(address: str, min_version: int) -> dict[str, TensorBytes]:
+def fetch_assembled(address: str, min_version: int) -> WeightAssembler:
     with grpc.insecure_channel(address) as channel:
         stub = weights_pb2_grpc.WeightPublisherStub(channel)
         assembler = WeightAssembler({"w": ("float32", (64, 32)), "b": ("float32", (32,))})
@@ -44,15 +44,22 @@ def fetch(address: str, min_version: int) -> dict[str, TensorBytes]:
             weights_pb2.FetchWeightsRequest(min_version=min_version), timeout=10
         ):
             assembler.add(message)
-        got = assembler.finish()
         assert assembler.version is not None
-        return got
+        return assembler
+
+
+def fetch(address: str, min_version: int) -> dict[str, TensorBytes]:
+    return fetch_assembled(address, min_version).finish()
+
+
+def latest_reply(address: str) -> weights_pb2.LatestVersionReply:
+    with grpc.insecure_channel(address) as channel:
+        stub = weights_pb2_grpc.WeightPublisherStub(channel)
+        return stub.LatestVersion(weights_pb2.LatestVersionRequest(), timeout=10)
 
 
 def latest(address: str) -> int:
-    with grpc.insecure_channel(address) as channel:
-        stub = weights_pb2_grpc.WeightPublisherStub(channel)
-        return stub.LatestVersion(weights_pb2.LatestVersionRequest(), timeout=10).version
+    return latest_reply(address).version
 
 
 def test_nothing_published_answers_minus_one_and_not_found(publisher: WeightPublisher) -> None:
@@ -84,6 +91,26 @@ def test_publish_refuses_an_older_version_and_duplicate_names(publisher: WeightP
     assert publisher.latest_version == 5
 
 
+def test_versions_are_scoped_to_a_run(publisher: WeightPublisher) -> None:
+    publisher.publish(40, tensors(40), run_id="run-a")
+    reply = latest_reply(publisher.address)
+    assert (reply.version, reply.run_id) == (40, "run-a")
+    with pytest.raises(ValueError, match="not newer than the published version 40"):
+        publisher.publish(39, tensors(39), run_id="run-a")
+    # The next run counts from 0 again: its version 0 replaces run-a's version 40.
+    publisher.publish(0, tensors(0), run_id="run-b")
+    reply = latest_reply(publisher.address)
+    assert (reply.version, reply.run_id) == (0, "run-b")
+    assert (publisher.latest_version, publisher.latest_run_id) == (0, "run-b")
+    fetched = fetch_assembled(publisher.address, 0)
+    assert (fetched.version, fetched.run_id) == (0, "run-b")
+    assert bytes(fetched.finish()["w"].data) == bytes(tensors(0)[0].data)
+    with pytest.raises(ValueError, match="not newer than the published version 0"):
+        publisher.publish(0, tensors(1), run_id="run-b")
+    with pytest.raises(ValueError, match="must be >= 0"):
+        publisher.publish(-1, tensors(1), run_id="run-c")
+
+
 def test_the_publisher_answers_health_checks(publisher: WeightPublisher) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -97,6 +124,7 @@ def test_the_publisher_answers_health_checks(publisher: WeightPublisher) -> None
 class StandInRollout(rollout_pb2_grpc.RolloutServicer):
     def __init__(self) -> None:
         self.received: dict[int, dict[str, TensorBytes]] = {}
+        self.runs: dict[int, str] = {}
 
     def UpdateWeights(self, request_iterator, context):
         assembler = WeightAssembler({"w": ("float32", (64, 32)), "b": ("float32", (32,))})
@@ -108,7 +136,10 @@ class StandInRollout(rollout_pb2_grpc.RolloutServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         assert assembler.version is not None
         self.received[assembler.version] = got
-        return weights_pb2.WeightUpdateReply(version=assembler.version, num_bytes=assembler.num_bytes)
+        self.runs[assembler.version] = assembler.run_id
+        return weights_pb2.WeightUpdateReply(
+            version=assembler.version, num_bytes=assembler.num_bytes, run_id=assembler.run_id
+        )
 
 
 @pytest.fixture
@@ -129,6 +160,8 @@ def test_push_weights_streams_a_version_to_a_rollout_server(rollout) -> None:
     reply = push_weights(address, 4, tensors(4), timeout=10, chunk_bytes=500)
     assert reply.version == 4 and reply.num_bytes == 64 * 32 * 4 + 32 * 4
     assert bytes(servicer.received[4]["w"].data) == bytes(tensors(4)[0].data)
+    reply = push_weights(address, 0, tensors(0), timeout=10, run_id="run-b")
+    assert (reply.version, reply.run_id) == (0, "run-b") and servicer.runs == {4: "", 0: "run-b"}
 
 
 def test_push_weights_raises_the_servers_refusal(rollout) -> None:
@@ -155,6 +188,7 @@ def test_serialized_frames_parse_to_the_encoded_messages() -> None:
     for chunk_bytes in (1, 100, 200, 1 << 20):
         framed = [
             weights_pb2.WeightUpdateMessage.FromString(b)
-            for b in encode_update_serialized(3, data, chunk_bytes)
+            for b in encode_update_serialized(3, data, chunk_bytes, run_id="run-x")
         ]
-        assert framed == list(encode_update(3, data, chunk_bytes))
+        assert framed == list(encode_update(3, data, chunk_bytes, run_id="run-x"))
+        assert framed[0].manifest.run_id == "run-x"

@@ -41,15 +41,18 @@ def test_staged_file_loads_back_with_safetensors(tmp_path: Path) -> None:
 
 
 class FakeEngine:
-    def __init__(self, version: int) -> None:
+    def __init__(self, version: int, run_id: str = "") -> None:
         self.version = version
+        self.run_id = run_id
         self.applied: list[tuple[int, dict]] = []
+        self.applied_runs: list[str] = []
 
-    async def apply_weights(self, version: int, weights_dir: str) -> None:
+    async def apply_weights(self, version: int, weights_dir: str, run_id: str = "") -> None:
         from safetensors.numpy import load_file
 
         self.applied.append((version, load_file(str(Path(weights_dir) / "model.safetensors"))))
-        self.version = version
+        self.applied_runs.append(run_id)
+        self.version, self.run_id = version, run_id
 
 
 async def stream(messages):
@@ -73,6 +76,31 @@ def test_updater_acknowledges_the_served_version_and_refuses_older_ones(tmp_path
     assert not result.is_applied and result.version == 5 and engine.applied == []
     with pytest.raises(StaleVersionError, match="version 4 is older than the served version 5"):
         asyncio.run(updater.update(stream(encode_update(4, tensors(1)))))
+
+
+def test_versions_are_ordered_within_a_run_and_another_run_replaces_whatever_its_version(
+    tmp_path: Path,
+) -> None:
+    engine = FakeEngine(40, run_id="run-a")
+    updater = WeightUpdater(engine, SPECS, str(tmp_path))
+    # The next run on the same server starts again at version 0: applied, although 0 < 40.
+    result = asyncio.run(updater.update(stream(encode_update(0, tensors(7), run_id="run-b"))))
+    assert result.is_applied and (result.version, result.run_id) == (0, "run-b")
+    assert (engine.version, engine.run_id) == (0, "run-b") and engine.applied_runs == ["run-b"]
+    assert engine.applied[-1][1]["w"].tobytes() == bytes(tensors(7)[0].data)
+    # Within run-b the usual order holds: equal is acknowledged, newer applied, older refused.
+    again = asyncio.run(updater.update(stream(encode_update(0, tensors(8), run_id="run-b"))))
+    assert not again.is_applied and (again.version, again.run_id) == (0, "run-b")
+    newer = asyncio.run(updater.update(stream(encode_update(2, tensors(2), run_id="run-b"))))
+    assert newer.is_applied and engine.version == 2
+    with pytest.raises(StaleVersionError, match="version 1 is older than the served version 2"):
+        asyncio.run(updater.update(stream(encode_update(1, tensors(1), run_id="run-b"))))
+    # run-a's version 40 is not "newer": it is another run, so it is applied too (the trainer serves one run
+    # at a time; whatever it pushes last is what the controller asked for).
+    back = asyncio.run(updater.update(stream(encode_update(40, tensors(4), run_id="run-a"))))
+    assert back.is_applied and (engine.version, engine.run_id) == (40, "run-a")
+    assert engine.applied_runs == ["run-b", "run-b", "run-a"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_refused_update_touches_neither_engine_nor_disk(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ class Sample:
     text: str = ""
     score: float = 0.0
     correct: bool = False
+    run_id: str = ""  # the run whose policy version generated it
 
     @property
     def is_truncated(self) -> bool:

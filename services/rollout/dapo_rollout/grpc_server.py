@@ -1,9 +1,10 @@
 """The rollout gRPC server (grpc.aio): Generate, UpdateWeights, Status, and the standard health service.
 
 One interceptor maps exceptions to status codes: bad input (`ValueError`, `WeightUpdateError`, vLLM's
-client errors) is INVALID_ARGUMENT, an update older than the served version FAILED_PRECONDITION, a server
-without weights (or with a failed engine) UNAVAILABLE, anything else INTERNAL. Health reports SERVING
-only while a weights version is loaded and the engine is alive.
+client errors) is INVALID_ARGUMENT, an update older than the served version of the same run
+FAILED_PRECONDITION, a server without weights (or with a failed engine) UNAVAILABLE, anything else
+INTERNAL. Health reports SERVING only while a weights version is loaded and the engine is alive.
+Status and every sample report the run whose policy version is served (versions count per run).
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
                             finish_reason=s.finish_reason,
                             text=s.text,
                             policy_version=outcome.version,
+                            run_id=outcome.run_id,
                         )
                         for s in group
                     ],
@@ -159,7 +161,10 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
         if not result.is_applied:
             await _drain(request_iterator)
         return weights_pb2.WeightUpdateReply(
-            version=result.version, num_bytes=result.num_bytes, duration_s=result.duration_s
+            version=result.version,
+            num_bytes=result.num_bytes,
+            duration_s=result.duration_s,
+            run_id=result.run_id,
         )
 
     async def Status(
@@ -171,6 +176,7 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
             requests_in_flight=self.engine.num_in_flight,
             tokens_per_second=self.metrics.tokens_per_second(),
             ready=self.engine.is_ready,
+            run_id=self.engine.run_id,
         )
 
 

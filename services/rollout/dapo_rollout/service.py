@@ -67,7 +67,9 @@ async def serve(options: ServerOptions) -> int:
         metrics.policy_version.set(engine.version)
         await servicer.refresh_health()
         if options.weights_address:
-            follower = PublisherFollower(options.weights_address, updater, poll_s=options.poll_s)
+            follower = PublisherFollower(
+                options.weights_address, updater, poll_s=options.poll_s, on_update=servicer.refresh_health
+            )
             follower_task = asyncio.ensure_future(follower.run())
         log.info("rollout server ready: version %d on %s", engine.version, engine.device)
         while not stop.is_set():

@@ -50,7 +50,7 @@ STAGED_FILE = "model.safetensors"
 
 
 class StaleVersionError(Exception):
-    """An update to a version older than the one served (mapped to FAILED_PRECONDITION)."""
+    """An update to a version older than the one served, of the same run (mapped to FAILED_PRECONDITION)."""
 
 
 def default_staging_root() -> str:
@@ -178,7 +178,10 @@ class WeightTarget(Protocol):
     @property
     def version(self) -> int: ...
 
-    async def apply_weights(self, version: int, weights_dir: str) -> None: ...
+    @property
+    def run_id(self) -> str: ...
+
+    async def apply_weights(self, version: int, weights_dir: str, run_id: str = "") -> None: ...
 
 
 @dataclass
@@ -187,14 +190,17 @@ class UpdateResult:
     num_bytes: int
     duration_s: float
     is_applied: bool
+    run_id: str = ""
 
 
 class WeightUpdater:
     """Runs weight updates one at a time: stage and verify the whole version, then apply it.
 
-    A version equal to the one served is acknowledged without being applied (a re-push after a trainer
-    restart is harmless); an older one raises `StaleVersionError`. Either way the rest of the stream is
-    not read.
+    Versions are counted per run, so they are compared only within the run served: a version of that run
+    equal to the one served is acknowledged without being applied (a re-push after a trainer restart is
+    harmless); an older one raises `StaleVersionError`. Either way the rest of the stream is not read. A
+    version of another run (the next run on the same servers starts again at 0) is applied whatever its
+    number.
     """
 
     def __init__(
@@ -228,12 +234,23 @@ class WeightUpdater:
             raise WeightUpdateError("the update stream ended before its manifest") from None
         if first.WhichOneof("kind") != "manifest":
             raise WeightUpdateError("the update stream must start with its manifest")
-        version = first.manifest.version
-        current = self.target.version
-        if version == current:
-            return UpdateResult(current, 0, time.perf_counter() - started, is_applied=False)
-        if version < current:
-            raise StaleVersionError(f"version {version} is older than the served version {current}")
+        version, run_id = first.manifest.version, first.manifest.run_id
+        current, current_run = self.target.version, self.target.run_id
+        if run_id == current_run:
+            if version == current:
+                return UpdateResult(current, 0, time.perf_counter() - started, False, current_run)
+            if version < current:
+                raise StaleVersionError(
+                    f"version {version} is older than the served version {current} (run '{run_id}')"
+                )
+        elif current >= 0:
+            log.info(
+                "weights of run '%s' (version %d) replace those of run '%s' (version %d)",
+                run_id,
+                version,
+                current_run,
+                current,
+            )
         assembler = ShmStagingAssembler(self.expected, self.staging_root)
         try:
             assembler.add(first)
@@ -242,7 +259,7 @@ class WeightUpdater:
             received = time.perf_counter()
             weights_dir = assembler.seal()
             verified = time.perf_counter()
-            apply = asyncio.ensure_future(self.target.apply_weights(version, weights_dir))
+            apply = asyncio.ensure_future(self.target.apply_weights(version, weights_dir, run_id))
             try:
                 await asyncio.shield(apply)
             except asyncio.CancelledError:
@@ -254,12 +271,14 @@ class WeightUpdater:
         if self.metrics is not None:
             self.metrics.observe_update(assembler.num_bytes, duration, version)
         log.info(
-            "applied weights version %d (%d bytes) in %.2f s: received %.2f s, verified %.2f s, swapped %.2f s",
+            "applied weights version %d of run '%s' (%d bytes) in %.2f s: received %.2f s, verified %.2f s, "
+            "swapped %.2f s",
             version,
+            run_id,
             assembler.num_bytes,
             duration,
             received - started,
             verified - received,
             duration - (verified - started),
         )
-        return UpdateResult(version, assembler.num_bytes, duration, is_applied=True)
+        return UpdateResult(version, assembler.num_bytes, duration, True, run_id)

@@ -3,8 +3,10 @@
 `gather_full_state_dict` (collective) gives rank 0 every parameter, in the Hugging Face names and in
 the dtype the rollout engine loads. `WeightOutlet` (rank 0) serves that version to late joiners through
 the WeightPublisher (FetchWeights) and pushes it to every rollout server in the Redis set
-`keys.rollout_servers()` plus `services.rollout_addresses`. A push that fails is logged and reported as
-a run event, never fatal: that server fetches the version later.
+`keys.rollout_servers()` plus `services.rollout_addresses`. Every version is tagged with its run id
+(versions count per run, from 0): a rollout server serving another run takes it whatever its number.
+A push that fails is logged and reported as a run event, never fatal: that server fetches the version
+later.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class PushOutcome:
 class PublishReport:
     version: int
     num_bytes: int
+    run_id: str = ""
     outcomes: list[PushOutcome] = field(default_factory=list)
 
 
@@ -86,17 +89,20 @@ class WeightOutlet:
         }
         return sorted(found | set(self.static_addresses))
 
-    def publish(self, version: int, state_dict: dict[str, torch.Tensor], push: bool = True) -> PublishReport:
+    def publish(
+        self, version: int, state_dict: dict[str, torch.Tensor], run_id: str, push: bool = True
+    ) -> PublishReport:
+        """Serve `version` of run `run_id` to fetchers and (with `push`) push it to every known server."""
         from dapo.weight_publisher import push_weights
 
         tensors = tensors_from_state_dict(state_dict)
-        self.publisher.publish(version, tensors)
-        report = PublishReport(version, sum(t.num_bytes for t in tensors))
+        self.publisher.publish(version, tensors, run_id=run_id)
+        report = PublishReport(version, sum(t.num_bytes for t in tensors), run_id)
         if not push:
             return report
         for address in self.servers():
             try:
-                push_weights(address, version, tensors, timeout=self.push_timeout_s)
+                push_weights(address, version, tensors, timeout=self.push_timeout_s, run_id=run_id)
                 report.outcomes.append(PushOutcome(address))
             except grpc.RpcError as exc:  # one server's failure is reported, not fatal: it fetches later
                 detail = f"{exc.code().name}: {exc.details()}" if hasattr(exc, "code") else str(exc)

@@ -195,10 +195,12 @@ def train(config: RunConfig, run_id: str, services: Services) -> str:
         io=setup_io(services, run_id, state),
     )
     _set_heartbeat(services, run_id, state)
-    # Announce the current version: 0 is the on-disk model the rollout servers loaded themselves.
+    # Announce the current version (0, or the restored one) and push it: versions count per run, so the
+    # rollout servers may still serve another run's weights (or the on-disk model, run ""), whatever
+    # their version number. A server that already serves this version acknowledges it without a reload.
     full = run.gather()
     if run.io is not None:
-        _publish(services, run.io, state.version, full, push=state.version > 0)
+        _publish(services, run.io, state.version, full)
         run.io.reporter.event(
             "trainer_ready", f"trainer serves version {state.version} on {ctx.world_size} rank(s)"
         )
@@ -343,11 +345,9 @@ def _reject(io: RunIO, entry_id: str, fields: dict[bytes, bytes], reason: str) -
     prom.REJECTED.inc()
 
 
-def _publish(
-    services: Services, io: RunIO, version: int, full: dict[str, torch.Tensor], push: bool = True
-) -> None:
+def _publish(services: Services, io: RunIO, version: int, full: dict[str, torch.Tensor]) -> None:
     assert services.outlet is not None
-    services.outlet.publish(version, full, push=push)
+    services.outlet.publish(version, full, run_id=io.run_id)
     io.redis.set(keys.policy_version(io.run_id), str(version))
 
 
