@@ -27,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--steps", type=int, default=None, help="warm-start optimizer steps (default: calibrated)"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads for the warm start (default 2; the same seed and thread count give the same bytes)",
+    )
     return parser
 
 
@@ -34,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.seed < 0:
         print(f"dapo make-tiny-model: --seed must be >= 0, got {args.seed}", file=sys.stderr)
+        return 2
+    if args.threads < 1:
+        print(f"dapo make-tiny-model: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
     if args.steps is not None and args.steps < 0:
         print(f"dapo make-tiny-model: --steps must be >= 0, got {args.steps}", file=sys.stderr)
@@ -74,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             config=config,
             log=console.print,
+            num_threads=args.threads,
             on_step=lambda step, loss: progress.update(task, completed=step + 1, loss=loss),
         )
     console.print(

@@ -1,0 +1,146 @@
+"""DAPO's ablations at tiny scale: clip-higher, dynamic sampling and one step of staleness, over seeds.
+
+Each arm is the README's run (`examples/configs/tiny_cpu.yaml`) with one change, launched with
+`dapo run` (real services, as local processes) once per seed; arms are interleaved seed by seed so
+a busy machine slows them alike. Per run it reads the run's metrics.jsonl and reports: the final and
+best held-out greedy accuracy, the first step whose validation reaches `--target`, the mean training
+entropy over the last half of the steps, the wall clock of the run (the `dapo run` process), and the
+mean generation rounds per step.
+
+    OMP_NUM_THREADS=1 VLLM_CPU_KVCACHE_SPACE=1 .venv/bin/python bench/bench_ablation.py \
+        --seeds 0,1,2 --steps 30 --val-period 5 --target 0.85 --out results/ablation
+
+Arms: `clip_higher` (0.2 / 0.28, dynamic sampling, synchronous: the README's run), `symmetric`
+(0.2 / 0.2), `no_dynamic_sampling`, `stale_1` (grpo.max_staleness=1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ARMS: dict[str, list[str]] = {
+    "clip_higher": [],
+    "symmetric": ["grpo.ratio_clip_max=0.2", "loss_fn.ratio_clip_max=0.2"],
+    "no_dynamic_sampling": ["grpo.use_dynamic_sampling=false"],
+    "stale_1": ["grpo.max_staleness=1"],
+}
+
+
+def run_arm(arm: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
+    work = out / f"{arm}-seed{seed}"
+    overrides = [
+        f"policy.model_name={args.model}",
+        f"data.train_file={args.model}/data/train.jsonl",
+        f"data.validation_file={args.model}/data/test.jsonl",
+        f"grpo.seed={seed}",
+        f"grpo.max_num_steps={args.steps}",
+        f"grpo.val_period={args.val_period}",
+        f"logger.log_dir={work}/logs",
+        "logger.tensorboard_enabled=false",
+        "checkpointing.enabled=false",
+        *ARMS[arm],
+    ]
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [str(ROOT / ".venv/bin/dapo"), "run", str(ROOT / "examples/configs/tiny_cpu.yaml"), *overrides],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    wall_s = time.perf_counter() - started
+    match = re.search(r"run (\w+) submitted", proc.stdout)
+    if proc.returncode != 0 or match is None:
+        return {"arm": arm, "seed": seed, "failed": (proc.stdout + proc.stderr)[-2000:], "wall_s": wall_s}
+    records = [
+        json.loads(line)
+        for line in (work / "logs" / match.group(1) / "metrics.jsonl").read_text().splitlines()
+    ]
+    val = {r["step"]: r["val/accuracy"] for r in records if "val/accuracy" in r}
+    train = [r for r in records if "train/entropy" in r]
+    late = train[len(train) // 2 :]
+    reached = [step for step, acc in sorted(val.items()) if acc >= args.target]
+    return {
+        "arm": arm,
+        "seed": seed,
+        "wall_s": round(wall_s, 1),
+        "val": val,
+        "initial": val.get(0),
+        "final": val[max(val)],
+        "best": max(val.values()),
+        "steps_to_target": reached[0] if reached else None,
+        "entropy_late": statistics.mean(r["train/entropy"] for r in late),
+        "generation_rounds": statistics.mean(
+            r.get("train/generation_rounds", 1) for r in records if "train/generation_rounds" in r
+        ),
+    }
+
+
+def summarise(results: list[dict], args: argparse.Namespace) -> str:
+    lines = [
+        f"| arm | seeds | final acc (median) | best acc | steps to {args.target:.0%} (median; - = not reached) "
+        "| late entropy (mean) | wall s (median) | gen rounds / step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in ARMS:
+        rows = [r for r in results if r["arm"] == arm and "failed" not in r]
+        if not rows:
+            continue
+        steps = [r["steps_to_target"] for r in rows]
+        reached = sorted(s for s in steps if s is not None)
+        finals_text = ", ".join(f"{r['final']:.3f}" for r in rows)
+        steps_text = ", ".join("-" if s is None else str(s) for s in steps)
+        median_steps = statistics.median(reached) if len(reached) * 2 > len(rows) else None
+        lines.append(
+            f"| {arm} | {len(rows)} | {statistics.median(r['final'] for r in rows):.3f} "
+            f"({finals_text}) | {max(r['best'] for r in rows):.3f} "
+            f"| {median_steps if median_steps is not None else '-'} ({steps_text}) "
+            f"| {statistics.mean(r['entropy_late'] for r in rows):.3f} "
+            f"| {statistics.median(r['wall_s'] for r in rows):.0f} "
+            f"| {statistics.mean(r['generation_rounds'] for r in rows):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / ".cache/tiny-model"))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--val-period", type=int, default=5)
+    parser.add_argument("--target", type=float, default=0.85)
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--out", default=str(ROOT / "results/ablation"))
+    args = parser.parse_args()
+    arms = args.arms.split(",")
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        parser.error(f"--arms: unknown {unknown}; expected some of {list(ARMS)}")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for arm in arms:
+            result = run_arm(arm, seed, args, out)
+            results.append(result)
+            print(json.dumps(result), flush=True)
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(summarise(results, args))
+    failed = [r for r in results if "failed" in r]
+    if failed:
+        print(f"{len(failed)} run(s) failed", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
