@@ -20,7 +20,8 @@ from dapo_controller.launcher import Launcher
 
 from dapo.config import load_config
 
-pytestmark = pytest.mark.slow
+# The warm start (about 3.5 min) and three runs (about 1 min each) exceed the default 600 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = (0, 1, 2)
