@@ -54,22 +54,20 @@ def make_items(n: int, hostile_fraction: float, seed: int = 0) -> list[tuple[str
     return items
 
 
-def run_loop(items: list[tuple[str, str]], timeout: int) -> float:
+def run_loop(items: list[tuple[str, str]], timeout: int) -> tuple[float, list[bool]]:
     started = time.perf_counter()
-    for response, gold in items:
-        verify_item("math_verify", response, gold, timeout)
-    return time.perf_counter() - started
+    verdicts = [verify_item("math_verify", response, gold, timeout)[0] for response, gold in items]
+    return time.perf_counter() - started, verdicts
 
 
-def run_service(address: str, items: list[tuple[str, str]], batch: int = 200) -> tuple[float, list[float]]:
-    latencies: list[float] = []
+def run_service(address: str, items: list[tuple[str, str]], batch: int = 200) -> tuple[float, list[bool]]:
+    verdicts: list[bool] = []
     with grpc.insecure_channel(address) as channel:
         stub = reward_pb2_grpc.RewardStub(channel)
         started = time.perf_counter()
         for start in range(0, len(items), batch):
             part = items[start : start + batch]
-            sent = time.perf_counter()
-            stub.Score(
+            reply = stub.Score(
                 reward_pb2.ScoreRequest(
                     verifier="math_verify",
                     items=[
@@ -79,8 +77,8 @@ def run_service(address: str, items: list[tuple[str, str]], batch: int = 200) ->
                 ),
                 timeout=3600,
             )
-            latencies.append(time.perf_counter() - sent)
-        return time.perf_counter() - started, latencies
+            verdicts.extend(result.correct for result in reply.results)
+        return time.perf_counter() - started, verdicts
 
 
 def per_item_latencies(address: str, items: list[tuple[str, str]]) -> list[float]:
@@ -130,14 +128,16 @@ def main() -> None:
     try:
         clean = make_items(args.items, 0.0)
         run_service(address, clean[:100])  # warm the workers' imports
-        loop_s = run_loop(clean, args.timeout)
-        service_s, _ = run_service(address, clean)
+        loop_s, loop_verdicts = run_loop(clean, args.timeout)
+        service_s, service_verdicts = run_service(address, clean)
+        agree = sum(a == b for a, b in zip(loop_verdicts, service_verdicts, strict=True))
         print(f"clean items: {args.items}")
         print(f"  single-process loop : {loop_s:7.2f} s  {args.items / loop_s:7.0f} items/s")
         print(
             f"  service ({args.workers} workers) : {service_s:7.2f} s  {args.items / service_s:7.0f} items/s"
         )
         print(f"  throughput ratio    : {loop_s / service_s:.2f}x (target >= 1.6x)")
+        print(f"  verdicts agree      : {agree}/{args.items} ({sum(service_verdicts)} correct)")
         mixed = make_items(400, 0.05, seed=1)
         latencies = sorted(per_item_latencies(address, mixed))
         p50 = latencies[len(latencies) // 2]
