@@ -83,3 +83,22 @@ def test_several_optimizer_steps_per_batch_use_the_batch_start_as_old_policy(
     # Steps 2-4 run on moved parameters against the start's log-probs: the ratio leaves 1.
     assert result.metrics["train/ratio_max"] > 1.0 + 1e-3
     assert result.metrics["train/approx_kl"] > 0.0
+
+
+def test_only_later_optimizer_steps_need_a_pass_for_old_log_probs(
+    one_rank, tiny_model_dir, monkeypatch
+) -> None:
+    import dapo_trainer.step as step
+
+    passes: list[int] = []
+    forward = step._forward
+    monkeypatch.setattr(
+        step, "_forward", lambda model, mb, **kw: passes.append(1) or forward(model, mb, **kw)
+    )
+    batch = make_batch("r", 0, num_sequences=8, vocab_size=512)
+    result, _ = _train(one_rank, tiny_model_dir, batch, train_global_batch_size=2, train_micro_batch_size=1)
+    assert result.num_optimizer_steps == 4
+    assert len(passes) == 6  # steps 2-4, two micro-batches each; step 1's own forward gives its old log-probs
+    passes.clear()
+    _train(one_rank, tiny_model_dir, batch, train_global_batch_size=8, train_micro_batch_size=4)
+    assert passes == []  # one optimizer step: no extra pass at all

@@ -2,9 +2,9 @@
 sequences (a forward that returns the loss over the global token count, computed by
 `dapo.algo.fused_policy_loss` inside the model's forward; backward, gradient clipping, AdamW).
 
-Old log-probs are the trainer's own at the start of the batch (no grad, `dapo.algo.token_logprobs`).
-With a single optimizer step per batch they equal the first forward's values, so the forward's own
-detached log-probs are used and the extra pass saved.
+Old log-probs are the trainer's own at the start of the batch. The first optimizer step's forward runs
+at exactly those weights, so its own detached log-probs serve as old ones; only the sequences of later
+optimizer steps need a pass without grad before the first update (none with one step per batch).
 The per-micro-batch metrics of all ranks are gathered to rank 0 and combined with
 `dapo.algo.combine_metrics`, which gives exactly the whole batch's figures.
 """
@@ -92,12 +92,13 @@ def train_on_batch(
     times = StepTimes()
     model.train()
 
-    old_logps: list[list[torch.Tensor]] | None = None
+    # old_logps[s][m]: micro-batch m of optimizer step s; None for step 0 (its own forward gives them)
+    old_logps: list[list[torch.Tensor] | None] = [None]
     if len(plan) > 1:
         start = clock.now()
         with torch.no_grad():
-            old_logps = [
-                [_forward(model, mb, with_entropy=False)[0] for mb in step] for step in micro_batches
+            old_logps += [
+                [_forward(model, mb, with_entropy=False)[0] for mb in step] for step in micro_batches[1:]
             ]
         times.forward += clock.now() - start
 
@@ -112,13 +113,14 @@ def train_on_batch(
         denominator = max(1, loss_denominator(batch, all_indices, str(options["aggregation"])))
         optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        step_old = old_logps[step_index]
         for micro_index, mb in enumerate(step_batches):
             start = clock.now()
             loss_inputs = LossInputs(
                 advantages_B=mb.advantages_B,
                 mask_BR=mb.mask_BR,
                 global_denominator=denominator,
-                old_logp_BR=None if old_logps is None else old_logps[step_index][micro_index],
+                old_logp_BR=None if step_old is None else step_old[micro_index],
                 rollout_logp_BR=mb.rollout_logp_BR,
                 options=options,
             )
