@@ -152,7 +152,7 @@ def bench_update(tiny_dir: Path, work: Path, repeats: int, chunk_bytes: int) -> 
         server.stop()
         log = (work / "update-server.log").read_text(errors="replace").splitlines()
         for line in log:
-            if "applied weights version" in line:
+            if "applied weights version" in line or "swapped in version" in line:
                 print("  server:", line.split(": ", 1)[-1], flush=True)
     update_s = statistics.median(r["update_s"] for r in rows)
     socket_s = statistics.median(r["socket_s"] for r in rows)

@@ -43,7 +43,7 @@ class TensorBytes:
         return self.data.nbytes
 
 
-def _numel(shape: Iterable[int]) -> int:
+def numel(shape: Iterable[int]) -> int:
     n = 1
     for d in shape:
         n *= int(d)
@@ -98,6 +98,9 @@ class WeightAssembler:
         self.specs: dict[str, weights_pb2.TensorSpec] = {}
         self.buffers: dict[str, bytearray] = {}
         self.received: dict[str, int] = {}
+        # CRC-32 of each tensor's bytes so far, while its chunks arrive in order (computed on the chunk just
+        # copied, still in cache, instead of in a second pass over the whole version); None once out of order
+        self._running_crc: dict[str, int | None] = {}
         self.num_bytes = 0
 
     def add(self, message: weights_pb2.WeightUpdateMessage) -> None:
@@ -121,7 +124,7 @@ class WeightAssembler:
                 raise WeightUpdateError(f"tensor '{spec.name}': named twice in the manifest")
             if spec.dtype not in ITEM_SIZES:
                 raise WeightUpdateError(f"tensor '{spec.name}': unsupported dtype '{spec.dtype}'")
-            if any(d < 0 for d in shape) or _numel(shape) * ITEM_SIZES[spec.dtype] != spec.num_bytes:
+            if any(d < 0 for d in shape) or numel(shape) * ITEM_SIZES[spec.dtype] != spec.num_bytes:
                 raise WeightUpdateError(
                     f"tensor '{spec.name}': {spec.num_bytes} bytes do not fit shape {list(shape)} of {spec.dtype}"
                 )
@@ -148,6 +151,7 @@ class WeightAssembler:
         self.specs = specs
         self.buffers = {name: bytearray(spec.num_bytes) for name, spec in specs.items()}
         self.received = dict.fromkeys(specs, 0)
+        self._running_crc = dict.fromkeys(specs, 0)
 
     def _add_chunk(self, chunk: weights_pb2.TensorChunk) -> None:
         if self.version is None:
@@ -165,6 +169,11 @@ class WeightAssembler:
                 f"tensor '{chunk.name}': chunk [{chunk.offset}, {end}) outside its {len(buf)} bytes"
             )
         buf[chunk.offset : end] = chunk.data
+        running = self._running_crc[chunk.name]
+        if running is not None and chunk.offset == self.received[chunk.name]:
+            self._running_crc[chunk.name] = zlib.crc32(chunk.data, running)
+        else:
+            self._running_crc[chunk.name] = None
         self.received[chunk.name] += len(chunk.data)
         self.num_bytes += len(chunk.data)
 
@@ -178,7 +187,9 @@ class WeightAssembler:
                     f"tensor '{name}': received {self.received[name]} of {spec.num_bytes} bytes "
                     "(the stream stopped early or repeated a chunk)"
                 )
-            crc = zlib.crc32(self.buffers[name])
+            crc = self._running_crc[name]
+            if crc is None:
+                crc = zlib.crc32(self.buffers[name])
             if crc != spec.crc32:
                 raise WeightUpdateError(
                     f"tensor '{name}': checksum {crc:08x} does not match {spec.crc32:08x}"

@@ -46,9 +46,8 @@ def test_the_follower_fetches_newer_versions_and_any_version_of_another_run(tmp_
         async def on_update() -> None:  # the server refreshes its health here
             updates.append((engine.run_id, engine.version))
 
-        follower = PublisherFollower(
-            publisher.address, WeightUpdater(engine, SPECS, str(tmp_path)), on_update=on_update
-        )
+        updater = WeightUpdater(engine, SPECS, str(tmp_path))
+        follower = PublisherFollower(publisher.address, updater, on_update=on_update)
         try:
             assert not await follower.poll_once()  # nothing published yet
             publisher.publish(40, tensors(40), run_id="run-a")
@@ -69,6 +68,7 @@ def test_the_follower_fetches_newer_versions_and_any_version_of_another_run(tmp_
             assert updates == [("run-b", 0), ("run-b", 1)]
         finally:
             await follower.close()
+            await updater.close()
 
     try:
         asyncio.run(scenario())

@@ -57,6 +57,22 @@ def test_a_corrupted_chunk_fails_the_checksum() -> None:
     assert "'b.bias'" in message and "checksum" in message
 
 
+@pytest.mark.parametrize("order", ["in order", "reversed"])
+def test_a_corrupted_last_chunk_fails_the_checksum_whatever_the_order(order: str) -> None:
+    # in order the checksum is carried chunk by chunk; out of order it is computed over the whole tensor
+    manifest, *chunks = encode_update(1, TENSORS, chunk_bytes=16)
+    last = [m for m in chunks if m.chunk.name == "a.weight"][-1]
+    last.chunk.data = last.chunk.data[:-1] + bytes([last.chunk.data[-1] ^ 0x80])
+    message = refused([manifest, *(chunks if order == "in order" else reversed(chunks))])
+    assert "'a.weight'" in message and "checksum" in message
+
+
+def test_a_repeated_chunk_is_refused_even_when_its_bytes_match() -> None:
+    manifest, *chunks = encode_update(1, TENSORS, chunk_bytes=16)
+    message = refused([manifest, chunks[0], *chunks])
+    assert "'a.weight'" in message and "received" in message
+
+
 def test_wrong_shape_wrong_dtype_unknown_and_missing_names_are_refused_at_the_manifest() -> None:
     bad_shape = [TensorBytes("a.weight", "float32", (8, 4), TENSORS[0].data), *TENSORS[1:]]
     assert "'a.weight': shape [8, 4], the model expects [4, 8]" in refused(encode_update(1, bad_shape))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dapo_rollout.weight_update import ShmStagingAssembler, StaleVersionError, WeightUpdater
+from dapo_rollout.weight_update import ShmStagingAssembler, StagingFile, StaleVersionError, WeightUpdater
 
 from dapo.weights import TensorBytes, WeightUpdateError, encode_update
 
@@ -29,15 +29,38 @@ def tensors(seed: int) -> list[TensorBytes]:
 def test_staged_file_loads_back_with_safetensors(tmp_path: Path) -> None:
     from safetensors.numpy import load_file
 
-    assembler = ShmStagingAssembler(SPECS, str(tmp_path))
-    for message in encode_update(3, tensors(3), chunk_bytes=64):
-        assembler.add(message)
-    directory = assembler.seal()
-    loaded = load_file(str(Path(directory) / "model.safetensors"))
-    for t in tensors(3):
-        assert loaded[t.name].shape == t.shape and loaded[t.name].tobytes() == bytes(t.data)
-    assembler.discard()
-    assert not Path(directory).exists()
+    staging = StagingFile(SPECS, str(tmp_path))
+    for seed in (3, 4):  # the second update reuses the file, whatever the manifest's order
+        assembler = ShmStagingAssembler(SPECS, staging)
+        messages = list(encode_update(seed, tensors(seed), chunk_bytes=64))
+        for message in messages if seed == 3 else [messages[0], *reversed(messages[1:])]:
+            assembler.add(message)
+        directory = assembler.seal()
+        loaded = load_file(str(Path(directory) / "model.safetensors"))
+        for t in tensors(seed):
+            assert loaded[t.name].shape == t.shape and loaded[t.name].tobytes() == bytes(t.data)
+        assembler.release()
+        assert [p.name for p in tmp_path.iterdir()] == [Path(directory).name]
+    staging.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_staging_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    orphan = tmp_path / f"dapo-weights-{dead.stdout.strip()}-abc"
+    orphan.mkdir()
+    (orphan / "model.safetensors").write_bytes(b"x")
+    alive = tmp_path / "dapo-weights-1-abc"  # pid 1 always runs
+    alive.mkdir()
+    staging = StagingFile(SPECS, str(tmp_path))
+    staging.open()
+    assert not orphan.exists() and alive.exists()
+    staging.close()
 
 
 class FakeEngine:
@@ -60,12 +83,13 @@ async def stream(messages):
         yield message
 
 
-def test_updater_applies_new_versions_and_leaves_no_files(tmp_path: Path) -> None:
+def test_updater_applies_new_versions_and_leaves_no_files_once_closed(tmp_path: Path) -> None:
     engine = FakeEngine(0)
     updater = WeightUpdater(engine, SPECS, str(tmp_path))
     result = asyncio.run(updater.update(stream(encode_update(1, tensors(1)))))
     assert result.is_applied and result.version == 1 and engine.version == 1
     assert engine.applied[0][1]["w"].tobytes() == bytes(tensors(1)[0].data)
+    asyncio.run(updater.close())
     assert list(tmp_path.iterdir()) == []
 
 
@@ -100,10 +124,9 @@ def test_versions_are_ordered_within_a_run_and_another_run_replaces_whatever_its
     back = asyncio.run(updater.update(stream(encode_update(40, tensors(4), run_id="run-a"))))
     assert back.is_applied and (engine.version, engine.run_id) == (40, "run-a")
     assert engine.applied_runs == ["run-b", "run-b", "run-a"]
-    assert list(tmp_path.iterdir()) == []
 
 
-def test_a_refused_update_touches_neither_engine_nor_disk(tmp_path: Path) -> None:
+def test_a_refused_update_leaves_the_engine_untouched_and_the_next_one_applies(tmp_path: Path) -> None:
     engine = FakeEngine(0)
     updater = WeightUpdater(engine, SPECS, str(tmp_path))
     messages = list(encode_update(1, tensors(1), chunk_bytes=64))
@@ -112,6 +135,9 @@ def test_a_refused_update_touches_neither_engine_nor_disk(tmp_path: Path) -> Non
     with pytest.raises(WeightUpdateError, match="must start with its manifest"):
         asyncio.run(updater.update(stream(messages[1:])))
     assert engine.applied == [] and engine.version == 0
+    result = asyncio.run(updater.update(stream(messages)))  # the same staging file, partly written
+    assert result.is_applied and engine.applied[0][1]["h"].tobytes() == bytes(tensors(1)[1].data)
+    asyncio.run(updater.close())
     assert list(tmp_path.iterdir()) == []
 
 

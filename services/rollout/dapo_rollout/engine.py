@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -348,20 +349,24 @@ class RolloutEngine:
         # Calls in flight may finish under the next version of their run, never under another run's.
         inflight = self.options.allow_inflight_updates and run_id == self._run_id
         async with self._gate.writing(wait_for_readers=not inflight):
+            marks = [time.perf_counter()]
             await self._call(
                 llm.pause_generation(mode="keep" if inflight else "wait", clear_cache=True), "pause"
             )
+            marks.append(time.perf_counter())
             try:
                 await self._call(
                     llm.collective_rpc("dapo_reload_weights", kwargs={"weights_path": weights_dir}),
                     "reload_weights",
                 )
+                marks.append(time.perf_counter())
                 is_reset = await self._call(
                     llm.reset_prefix_cache(reset_running_requests=inflight), "reset_prefix_cache"
                 )
                 if not is_reset:
                     raise RuntimeError("vLLM did not reset its prefix cache after the weight reload")
                 await self._call(llm.update_weight_version(str(version)), "update_weight_version")
+                marks.append(time.perf_counter())
             except BaseException:
                 # Verified weights failed to load: what the engine now holds is unknown. Serve nothing.
                 self._is_broken = True
@@ -369,4 +374,9 @@ class RolloutEngine:
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(llm.resume_generation(), self.options.call_timeout_s)
+            pause_s, reload_s, reset_s = (b - a for a, b in zip(marks, marks[1:], strict=False))
+            log.info(
+                "swapped in version %d: pause %.2f s, reload %.2f s, cache reset %.2f s, resume %.2f s",
+                version, pause_s, reload_s, reset_s, time.perf_counter() - marks[-1],
+            )  # fmt: skip
             self._version, self._run_id = version, run_id

@@ -57,6 +57,7 @@ async def serve(options: ServerOptions) -> int:
     follower_task: asyncio.Task | None = None
     exit_code = 0
     try:
+        await updater.prepare()
         starting = asyncio.ensure_future(engine.start())
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -86,6 +87,7 @@ async def serve(options: ServerOptions) -> int:
             await asyncio.gather(follower_task, return_exceptions=True)
         await health.enter_graceful_shutdown()
         await server.stop(options.grace_s)
+        await updater.close()
         engine.shutdown()
         log.info("rollout server stopped")
     return exit_code

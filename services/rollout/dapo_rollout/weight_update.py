@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from dapo.v1 import weights_pb2
-from dapo.weights import WeightAssembler, WeightUpdateError
+from dapo.weights import ITEM_SIZES, WeightAssembler, WeightUpdateError, numel
 
 if TYPE_CHECKING:
     from dapo_rollout.metrics import RolloutMetrics
@@ -71,7 +71,7 @@ def expected_specs_from_dir(model_dir: str | Path, dtype: str | None = None) -> 
     if files:
         specs: ExpectedSpecs = {}
         for path in files:
-            for name, entry in _read_safetensors_header(path).items():
+            for name, entry in read_safetensors_header(path)[0].items():
                 if name == "__metadata__":
                     continue
                 if entry["dtype"] not in DTYPE_NAMES:
@@ -81,10 +81,11 @@ def expected_specs_from_dir(model_dir: str | Path, dtype: str | None = None) -> 
     return _expected_specs_from_config(model_dir, dtype)
 
 
-def _read_safetensors_header(path: Path) -> dict:
+def read_safetensors_header(path: Path) -> tuple[dict, int]:
+    """A safetensors file's header (name -> dtype, shape, data offsets) and where its data section starts."""
     with open(path, "rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(length))
+        return json.loads(f.read(length)), 8 + length
 
 
 def _expected_specs_from_config(model_dir: Path, dtype: str | None) -> ExpectedSpecs:
@@ -105,71 +106,116 @@ def _expected_specs_from_config(model_dir: Path, dtype: str | None) -> ExpectedS
     return specs
 
 
-class ShmStagingAssembler(WeightAssembler):
-    """A `WeightAssembler` writing straight into a safetensors file in a fresh staging directory."""
+class StagingFile:
+    """The safetensors file in /dev/shm that every update of one server is staged in.
 
-    def __init__(self, expected: Mapping[str, tuple[str, tuple[int, ...]]], staging_root: str) -> None:
-        super().__init__(expected)
-        self.staging_root = staging_root
-        self.directory: str | None = None
-        self._file_map: mmap.mmap | None = None
-        self._views: list[memoryview] = []
+    Its layout follows the model's expected tensors (not the order of a manifest, which must name the
+    same tensors anyway), so one file serves every update: its pages are allocated and faulted in once,
+    when the file is made, instead of at every update (on this kind of machine touching fresh pages cost
+    more than receiving the bytes). The file holds no served state: the engine has copied what it serves,
+    so an update that fails halfway leaves only scratch bytes here. Updates must not overlap (the
+    `WeightUpdater` lock sees to that). The directory is named after the server's process id; one left
+    behind by a process that no longer runs is removed when the next one is made.
+    """
 
-    def _add_manifest(self, manifest: weights_pb2.WeightManifest) -> None:
-        super()._add_manifest(manifest)  # validates against `expected`
+    PREFIX = "dapo-weights-"
+
+    def __init__(self, expected: Mapping[str, tuple[str, tuple[int, ...]]], root: str) -> None:
+        self.root = root
+        self.offsets: dict[str, tuple[int, int]] = {}
         header: dict[str, object] = {"__metadata__": {"format": "pt"}}
         offset = 0
-        for name, spec in self.specs.items():
+        for name, (dtype, shape) in expected.items():
+            num_bytes = ITEM_SIZES[dtype] * numel(shape)
             header[name] = {
-                "dtype": SAFETENSORS_DTYPES[spec.dtype],
-                "shape": [int(d) for d in spec.shape],
-                "data_offsets": [offset, offset + spec.num_bytes],
+                "dtype": SAFETENSORS_DTYPES[dtype],
+                "shape": [int(d) for d in shape],
+                "data_offsets": [offset, offset + num_bytes],
             }
-            offset += spec.num_bytes
+            self.offsets[name] = (offset, num_bytes)
+            offset += num_bytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-        start = 8 + len(raw)
-        self.directory = tempfile.mkdtemp(prefix=f"dapo-weights-v{manifest.version}-", dir=self.staging_root)
-        path = os.path.join(self.directory, STAGED_FILE)
-        with open(path, "wb+") as f:
-            f.truncate(start + offset)
-            f.write(struct.pack("<Q", len(raw)) + raw)
+        self._header = struct.pack("<Q", len(raw)) + raw
+        self.size = len(self._header) + offset
+        self.directory: str | None = None
+        self._map: mmap.mmap | None = None
+
+    def open(self) -> None:
+        """Make the file and fault all its pages in (a no-op once made)."""
+        if self._map is not None:
+            return
+        _remove_orphans(self.root, self.PREFIX)
+        self.directory = tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-", dir=self.root)
+        with open(os.path.join(self.directory, STAGED_FILE), "wb+") as f:
+            f.truncate(self.size)
+            f.write(self._header)
             f.flush()
             # MAP_POPULATE: fault the whole file in with one call instead of page by page as chunks land
             flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            self._file_map = mmap.mmap(f.fileno(), start + offset, flags=flags)
-        whole = memoryview(self._file_map)
-        self._views.append(whole)
-        self.buffers = {}
-        position = start
-        for name, spec in self.specs.items():
-            view = whole[position : position + spec.num_bytes]
-            self._views.append(view)
-            self.buffers[name] = view  # type: ignore[assignment]
-            position += spec.num_bytes
+            self._map = mmap.mmap(f.fileno(), self.size, flags=flags)
 
-    def seal(self) -> str:
-        """Verify everything (raises `WeightUpdateError`), flush the file, return its directory."""
-        self.finish()
-        self._close()
-        assert self.directory is not None
-        return self.directory
+    def views(self) -> dict[str, memoryview]:
+        """A writable view of each tensor's bytes in the file; release them before `close`."""
+        self.open()
+        assert self._map is not None
+        whole = memoryview(self._map)
+        start = len(self._header)
+        views = {name: whole[start + o : start + o + n] for name, (o, n) in self.offsets.items()}
+        whole.release()
+        return views
 
-    def _close(self) -> None:
-        self.buffers = {}
-        for view in reversed(self._views):
-            view.release()
-        self._views = []
-        if self._file_map is not None:
-            self._file_map.close()
-            self._file_map = None
-
-    def discard(self) -> None:
-        """Drop the staged files (after a failure, or once the engine has loaded them)."""
-        self._close()
+    def close(self) -> None:
+        """Unmap and delete the file."""
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
+
+
+def _remove_orphans(root: str, prefix: str) -> None:
+    """Remove staging directories of processes that no longer run (a server killed before its clean-up)."""
+    for entry in Path(root).glob(f"{prefix}*"):
+        pid = entry.name.removeprefix(prefix).split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
+class ShmStagingAssembler(WeightAssembler):
+    """A `WeightAssembler` writing straight into a `StagingFile` (no copy between receiving and loading)."""
+
+    def __init__(self, expected: Mapping[str, tuple[str, tuple[int, ...]]], staging: StagingFile) -> None:
+        super().__init__(expected)
+        self.staging = staging
+        self._views: list[memoryview] = []
+
+    def _add_manifest(self, manifest: weights_pb2.WeightManifest) -> None:
+        super()._add_manifest(manifest)  # validates against `expected`: the file's layout fits
+        views = self.staging.views()
+        self._views = list(views.values())
+        self.buffers = {name: views[name] for name in self.specs}  # type: ignore[misc]
+
+    def seal(self) -> str:
+        """Verify everything (raises `WeightUpdateError`); return the directory of the staged file."""
+        self.finish()
+        self.release()
+        assert self.staging.directory is not None
+        return self.staging.directory
+
+    def release(self) -> None:
+        """Let go of the file's memory (after a failure, or once the engine has loaded it)."""
+        self.buffers = {}
+        for view in self._views:
+            view.release()
+        self._views = []
 
 
 class WeightTarget(Protocol):
@@ -212,9 +258,19 @@ class WeightUpdater:
     ) -> None:
         self.target = target
         self.expected = expected
-        self.staging_root = staging_root or default_staging_root()
+        self.staging = StagingFile(expected, staging_root or default_staging_root())
         self.metrics = metrics
         self._lock = asyncio.Lock()
+
+    async def prepare(self) -> None:
+        """Make the staging file now (a second or so per GB) rather than during the first update."""
+        async with self._lock:
+            await asyncio.to_thread(self.staging.open)
+
+    async def close(self) -> None:
+        """Delete the staging file; waits for an update in progress."""
+        async with self._lock:
+            self.staging.close()
 
     @property
     def is_busy(self) -> bool:
@@ -251,7 +307,7 @@ class WeightUpdater:
                 current_run,
                 current,
             )
-        assembler = ShmStagingAssembler(self.expected, self.staging_root)
+        assembler = ShmStagingAssembler(self.expected, self.staging)
         try:
             assembler.add(first)
             async for message in iterator:
@@ -266,7 +322,7 @@ class WeightUpdater:
                 await apply  # a caller gone mid-swap must not leave the engine half reloaded
                 raise
         finally:
-            assembler.discard()
+            assembler.release()
         duration = time.perf_counter() - started
         if self.metrics is not None:
             self.metrics.observe_update(assembler.num_bytes, duration, version)

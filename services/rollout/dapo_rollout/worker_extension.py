@@ -2,14 +2,38 @@
 
 vLLM's own `reload_weights(weights_path=...)` goes through the model loader, which a server started with
 `load_format="dummy"` (architecture only, `--wait-for-weights`) does not have; feeding the tensors of a
-staged safetensors directory as an iterator works with every load format, on CPU and GPU alike.
+staged safetensors directory as an iterator works with every load format, on CPU and GPU alike. The
+tensors are views of the memory-mapped staged file, so the bytes are copied once, by vLLM's weight
+loaders into the model.
 """
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def mapped_tensors(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield (name, tensor) for a safetensors file, each tensor a view of a private memory mapping."""
+    import torch
+
+    from dapo_rollout.weight_update import DTYPE_NAMES, read_safetensors_header
+
+    header, data_start = read_safetensors_header(path)
+    with open(path, "r+b") as f:
+        # Shared, not private: populating a private writable mapping would copy every page. The staged file
+        # is scratch once loaded, so a loader writing into its input could do no harm.
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # map every page in one call
+        mapping = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = (data_start + int(o) for o in entry["data_offsets"])
+        dtype = getattr(torch, DTYPE_NAMES[entry["dtype"]])
+        flat = torch.frombuffer(mapping, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin)
+        yield name, flat.view([int(d) for d in entry["shape"]])
 
 
 class WeightReloadExtension:
@@ -19,8 +43,6 @@ class WeightReloadExtension:
 
     def dapo_reload_weights(self, weights_path: str) -> int:
         """Load every tensor of the safetensors files in `weights_path` in place; return their count."""
-        from safetensors import safe_open
-
         files = sorted(Path(weights_path).glob("*.safetensors"))
         if not files:
             raise FileNotFoundError(f"no safetensors files in {weights_path}")
@@ -29,10 +51,9 @@ class WeightReloadExtension:
         def tensors() -> Iterator[tuple[str, Any]]:
             nonlocal count
             for path in files:
-                with safe_open(str(path), framework="pt", device="cpu") as f:
-                    for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                        count += 1
-                        yield name, f.get_tensor(name)
+                for item in mapped_tensors(path):
+                    count += 1
+                    yield item
 
         reload = getattr(self, "reload_weights", None) or self.model_runner.reload_weights
         reload(weights_iterator=tensors(), is_checkpoint_format=True)
