@@ -11,7 +11,8 @@ mean generation rounds per step.
         --seeds 0,1,2 --steps 30 --val-period 5 --target 0.85 --out results/ablation
 
 Arms: `clip_higher` (0.2 / 0.28, dynamic sampling, synchronous: the README's run), `symmetric`
-(0.2 / 0.2), `no_dynamic_sampling`, `stale_1` (grpo.max_staleness=1).
+(0.2 / 0.2), `no_dynamic_sampling`, `stale_1` (grpo.max_staleness=1), `stale_1_tis` (the same with
+truncated importance sampling against the rollout log-probs, `loss_fn.use_importance_sampling_correction`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ ARMS: dict[str, list[str]] = {
     "symmetric": ["grpo.ratio_clip_max=0.2", "loss_fn.ratio_clip_max=0.2"],
     "no_dynamic_sampling": ["grpo.use_dynamic_sampling=false"],
     "stale_1": ["grpo.max_staleness=1"],
+    # one step stale, with truncated importance sampling against the behaviour policy's log-probs
+    "stale_1_tis": ["grpo.max_staleness=1", "loss_fn.use_importance_sampling_correction=true"],
 }
 
 

@@ -441,4 +441,8 @@ def main(argv: list[str]) -> int:
         print(f"dapo {mode}: {exc}", file=sys.stderr)
         return 1
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the clean-up short and leave services running (each
+        # service gets its grace period, then SIGKILL, so this cannot hang).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         launcher.stop()
