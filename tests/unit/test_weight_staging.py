@@ -156,3 +156,26 @@ def test_expected_tensors_from_the_config_equal_the_checkpoints(tiny_model_dir: 
     assert set(expected_specs_from_dir(architecture_only, "bfloat16").values()) == {
         ("bfloat16", shape) for _, shape in from_checkpoint.values()
     }
+
+
+def test_the_engine_side_reads_every_staged_tensor_without_a_copy(tmp_path: Path) -> None:
+    import torch
+    from dapo_rollout.worker_extension import mapped_tensors
+
+    staging = StagingFile(SPECS, str(tmp_path))
+    assembler = ShmStagingAssembler(SPECS, staging)
+    for message in encode_update(5, tensors(5), chunk_bytes=64):
+        assembler.add(message)
+    path = Path(assembler.seal()) / "model.safetensors"
+    got = dict(mapped_tensors(path))
+    assert sorted(got) == sorted(SPECS)
+    for t in tensors(5):
+        assert tuple(got[t.name].shape) == t.shape and got[t.name].numpy().tobytes() == bytes(t.data)
+    assert got["e"].dtype == torch.float32 and got["e"].numel() == 0  # empty tensors too
+    # a view, not a copy: a byte written through the file shows in the tensor
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size - 10)  # the last tensor laid out is "e" (0 bytes), before it "h" (10)
+        f.write(b"\x00" * 10)
+    assert got["h"].numpy().tobytes() == b"\x00" * 10
+    assembler.release()
+    staging.close()

@@ -179,14 +179,18 @@ def _remove_orphans(root: str, prefix: str) -> None:
     """Remove staging directories of processes that no longer run (a server killed before its clean-up)."""
     for entry in Path(root).glob(f"{prefix}*"):
         pid = entry.name.removeprefix(prefix).split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if pid.isdigit() and int(pid) != os.getpid() and not _is_running(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
-        except PermissionError:  # alive, another user's
-            pass
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # running, another user's
+        return True
+    return True
 
 
 class ShmStagingAssembler(WeightAssembler):

@@ -16,7 +16,7 @@ from typing import Any
 
 
 def mapped_tensors(path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield (name, tensor) for a safetensors file, each tensor a view of a private memory mapping."""
+    """Yield (name, tensor) for a safetensors file, each tensor a view of one shared memory mapping."""
     import torch
 
     from dapo_rollout.weight_update import DTYPE_NAMES, read_safetensors_header
@@ -32,8 +32,12 @@ def mapped_tensors(path: Path) -> Iterator[tuple[str, Any]]:
             continue
         begin, end = (data_start + int(o) for o in entry["data_offsets"])
         dtype = getattr(torch, DTYPE_NAMES[entry["dtype"]])
+        shape = [int(d) for d in entry["shape"]]
+        if end == begin:  # torch.frombuffer refuses a count of 0
+            yield name, torch.empty(shape, dtype=dtype)
+            continue
         flat = torch.frombuffer(mapping, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin)
-        yield name, flat.view([int(d) for d in entry["shape"]])
+        yield name, flat.view(shape)
 
 
 class WeightReloadExtension:
