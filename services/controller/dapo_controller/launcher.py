@@ -6,6 +6,12 @@ submits the run over REST; shows progress; writes metrics (JSONL, TensorBoard, W
 under `logger.log_dir/<run id>/`; restarts a service that dies (a bounded number of times, as
 compose's restart policy would); exits with the run's outcome (0 only if it succeeded) and stops
 everything it started, also on Ctrl-C. `dapo up [CONFIG]` starts the services only.
+
+On CPU the rollout servers run at a lower scheduling priority (nice ROLLOUT_CPU_NICE): vLLM's worker and
+engine processes poll their shared-memory queues in a sched_yield loop for a second after every engine
+step, which on a small machine took almost half of the trainer's core while the trainer worked and the
+rollout server had nothing to do (bench/RESULTS.md, "End to end"). A lower priority leaves the polling
+only the cycles nobody else wants; generation itself runs while the trainer waits (synchronous runs).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from dapo.config import ConfigError, RunConfig, load_config
 from dapo.local_redis import RedisServer, free_port
 
 TERMINAL = {"succeeded", "failed", "stopped"}
+ROLLOUT_CPU_NICE = 10
 
 
 @dataclass
@@ -42,6 +49,8 @@ class ServiceProcess:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     max_restarts: int = 3
+    nice: int = 0
+    """Added to the process's scheduling niceness (0: unchanged); children inherit it."""
     restarts: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -49,7 +58,7 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.process = subprocess.Popen(
-            self.cmd,
+            ["nice", "-n", str(self.nice), *self.cmd] if self.nice else self.cmd,
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
@@ -172,6 +181,7 @@ class Launcher:
                         ],
                         logs / f"rollout-{i}.log",
                         env=env,
+                        nice=0 if rollout_gpus[i] else ROLLOUT_CPU_NICE,
                     )
                 )
         if not cfg.services.weights_address:
