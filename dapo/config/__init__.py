@@ -8,6 +8,7 @@ from dapo.config.loader import ConfigError, apply_overrides, load_config, parse_
 from dapo.config.schema import (
     CheckpointingConfig,
     ClusterConfig,
+    ConfigWarning,
     DataConfig,
     GenerationConfig,
     GRPOConfig,
@@ -25,6 +26,7 @@ __all__ = [
     "CheckpointingConfig",
     "ClusterConfig",
     "ConfigError",
+    "ConfigWarning",
     "DataConfig",
     "GRPOConfig",
     "GenerationConfig",

@@ -3,13 +3,19 @@
 Every section forbids unknown keys. Cross-field rules live in validators whose messages name the
 fields involved. The ratio clips may be given under `grpo.` (as DAPO's recipes do) or `loss_fn.`
 (as NeMo RL does); `RunConfig` reconciles the two and rejects a config that sets them differently.
+A config that is valid but known to train badly gets a `ConfigWarning`.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ConfigWarning(UserWarning):
+    """A valid config with a setting known to hurt training; the message names the keys and the fix."""
 
 
 class Section(BaseModel):
@@ -329,6 +335,15 @@ class RunConfig(Section):
             raise ValueError(
                 f"grpo.reward_shaping.overlong_buffer_length ({shaping.overlong_buffer_length}) must be "
                 f"less than grpo.reward_shaping.max_response_length ({max_response})"
+            )
+        if self.grpo.max_staleness > 0 and not self.loss_fn.use_importance_sampling_correction:
+            warnings.warn(
+                f"grpo.max_staleness is {self.grpo.max_staleness} but "
+                "loss_fn.use_importance_sampling_correction is false: samples from an older policy are "
+                "then trained on without a correction, which was unstable in bench/RESULTS.md "
+                '("Ablations"); set loss_fn.use_importance_sampling_correction: true',
+                ConfigWarning,
+                stacklevel=2,
             )
         return self
 

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -73,10 +74,12 @@ def test_multinode_values(rendered: Path) -> None:
     assert run.cluster.num_nodes == 2 and run.loss_fn.ratio_clip_max == 0.28
 
 
-def test_shipped_run_configs_load() -> None:
-    assert load_config(ROOT / "deploy/runconfig.yaml").grpo.use_dynamic_sampling
+def test_shipped_run_configs_load_without_warnings() -> None:
     values = yaml.safe_load((ROOT / "helm/dapo/values.yaml").read_text())
-    parse_config(values["runConfig"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. staleness without the importance correction
+        assert load_config(ROOT / "deploy/runconfig.yaml").grpo.use_dynamic_sampling
+        assert parse_config(values["runConfig"]).loss_fn.use_importance_sampling_correction
 
 
 def test_every_file_a_dockerfile_copies_exists() -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
-from dapo.config import ConfigError, RunConfig, apply_overrides, load_config, parse_config
+from dapo.config import ConfigError, ConfigWarning, RunConfig, apply_overrides, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(
@@ -130,6 +131,17 @@ def test_bad_input_names_the_key(overrides: list[str], expected: str) -> None:
     with pytest.raises(ConfigError) as excinfo:
         load_config(None, _small() + overrides)
     assert expected in str(excinfo.value)
+
+
+def test_staleness_without_the_importance_correction_warns() -> None:
+    tiny = ROOT / "examples/configs/tiny_cpu.yaml"
+    with pytest.warns(ConfigWarning, match="loss_fn.use_importance_sampling_correction"):
+        config = load_config(tiny, ["grpo.max_staleness=1"])
+    assert config.grpo.max_staleness == 1  # a warning, not an error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(tiny, ["grpo.max_staleness=1", "loss_fn.use_importance_sampling_correction=true"])
+        load_config(tiny)
 
 
 def test_bad_override_syntax() -> None:
