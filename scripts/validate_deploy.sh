@@ -43,6 +43,11 @@ fi
 
 echo "compose: $("$compose" version --short 2>/dev/null || true)"
 "$compose" -f docker-compose.yml config -q
+"$compose" -f docker-compose.yml -f docker-compose.cpu.yml config --format json > "$out/compose-cpu.json"
+for env in deploy/gpus-*.env; do  # every documented GPU layout
+  name="$(basename "$env" .env)"
+  "$compose" --env-file "$env" -f docker-compose.yml config --format json > "$out/compose-$name.json"
+done
 echo "helm: $("$helm" version --short)"
 "$helm" lint helm/dapo
 "$helm" lint helm/dapo -f helm/dapo/values-multinode-gpu.yaml

