@@ -109,6 +109,17 @@ class ComposeStack:
             raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
         return result
 
+    def up(self) -> None:
+        """Every core service and Prometheus, and Grafana where its image is here or can be pulled
+        (Debian has no Grafana to make a stand-in from); returns once all are healthy."""
+        services = ["redis", "reward", "rollout", "trainer", "controller", "prometheus"]
+        grafana = self.env.get("DAPO_GRAFANA_IMAGE", "grafana/grafana:11.1.0")
+        if _run(["docker", "image", "inspect", grafana], 30).returncode == 0 or (
+            _run(["docker", "pull", grafana], 600).returncode == 0
+        ):
+            services.append("grafana")
+        self.compose("up", "-d", "--wait", "--wait-timeout", "600", *services, timeout=900)
+
     def container_pid(self, service: str) -> int:
         cid = self.compose("ps", "-q", service).stdout.strip()
         state = json.loads(_run(["docker", "inspect", cid], 30).stdout)[0]["State"]
