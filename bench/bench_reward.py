@@ -18,10 +18,10 @@ import threading
 import time
 from pathlib import Path
 
-import grpc
 from dapo_reward.service import RewardOptions, RewardService
 from dapo_reward.verifiers import verify_item
 
+from dapo import rpc
 from dapo.v1 import reward_pb2, reward_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def run_loop(items: list[tuple[str, str]], timeout: int) -> tuple[float, list[bo
 
 def run_service(address: str, items: list[tuple[str, str]], batch: int = 200) -> tuple[float, list[bool]]:
     verdicts: list[bool] = []
-    with grpc.insecure_channel(address) as channel:
+    with rpc.sync_channel(address) as channel:
         stub = reward_pb2_grpc.RewardStub(channel)
         started = time.perf_counter()
         for start in range(0, len(items), batch):
@@ -96,7 +96,7 @@ def per_item_latencies(address: str, items: list[tuple[str, str]]) -> list[float
         done.append(time.perf_counter() - start)
 
     async def main() -> None:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with rpc.aio_channel(address) as channel:
             stub = reward_pb2_grpc.RewardStub(channel)
             for start in range(0, len(items), 20):  # 20 concurrent items, like a small batch
                 t0 = time.perf_counter()

@@ -13,8 +13,10 @@ import sys
 def check_http(url: str, timeout_s: float) -> tuple[bool, str]:
     import httpx
 
+    from dapo import auth
+
     try:
-        reply = httpx.get(url, timeout=timeout_s)
+        reply = httpx.get(url, timeout=timeout_s, verify=auth.http_verify())
     except httpx.HTTPError as exc:
         return False, f"{url}: {exc}"
     return reply.is_success, f"{url}: HTTP {reply.status_code}"
@@ -24,7 +26,9 @@ def check_grpc(address: str, service: str, timeout_s: float) -> tuple[bool, str]
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    from dapo import rpc
+
+    with rpc.sync_channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s

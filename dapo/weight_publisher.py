@@ -18,11 +18,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from dapo import rpc
 from dapo.v1 import weights_pb2, weights_pb2_grpc
 from dapo.weights import DEFAULT_CHUNK_BYTES, TensorBytes, encode_update
 
@@ -109,9 +109,7 @@ class WeightPublisher:
     def start(self) -> WeightPublisher:
         if self._server is not None:
             return self
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.max_workers), options=_CHANNEL_OPTIONS
-        )
+        server = rpc.sync_server(self.max_workers, options=_CHANNEL_OPTIONS)
         servicer = _Servicer(self)
         # Registered by hand rather than with the generated helper so FetchWeights can yield messages
         # that are serialized already (see `encode_update_serialized`).
@@ -135,9 +133,7 @@ class WeightPublisher:
             )
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        port = server.add_insecure_port(f"{self.host}:{self.requested_port}")
-        if port == 0:
-            raise OSError(f"cannot listen on {self.host}:{self.requested_port}")
+        port = rpc.listen(server, f"{self.host}:{self.requested_port}")
         server.start()
         for service in ("", SERVICE_NAME):
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -225,7 +221,7 @@ def push_weights(
     its old version), FAILED_PRECONDITION (it already serves a newer version of the same run),
     UNAVAILABLE, DEADLINE_EXCEEDED.
     """
-    with grpc.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
+    with rpc.sync_channel(address, options=_CHANNEL_OPTIONS) as channel:
         update = channel.stream_unary(
             "/dapo.v1.Rollout/UpdateWeights",
             request_serializer=None,  # the messages are serialized already

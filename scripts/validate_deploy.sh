@@ -55,6 +55,8 @@ echo "helm: $("$helm" version --short)"
 "$helm" template dapo helm/dapo --namespace dapo -f helm/dapo/values-multinode-gpu.yaml \
   --set monitoring.serviceMonitors=false > "$out/multinode.yaml"
 "$helm" template dapo helm/dapo --namespace dapo -f helm/dapo/values-multinode-gpu.yaml > "$out/multinode-monitoring.yaml"
+"$helm" template dapo helm/dapo --namespace dapo \
+  --set tls.enabled=true,tls.secretName=dapo-tls,tls.serverName=dapo.internal > "$out/tls.yaml"
 # ServiceMonitor is a CRD kubernetes-validate has no schema for: validate the rest strictly.
-"$py" -m kubernetes_validate --strict "$out/default.yaml" "$out/multinode.yaml"
+"$py" -m kubernetes_validate --strict "$out/default.yaml" "$out/multinode.yaml" "$out/tls.yaml"
 echo "deployment files valid; rendered manifests in $out"

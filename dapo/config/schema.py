@@ -11,7 +11,9 @@ from __future__ import annotations
 import warnings
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+
+from dapo.auth import redact_url
 
 
 class ConfigWarning(UserWarning):
@@ -274,6 +276,12 @@ class ServicesConfig(Section):
     """A trainer silent for longer than this fails the run."""
     rollout_timeout_s: float = Field(600.0, gt=0)
     """With no rollout server serving the needed policy version for this long, the run fails."""
+
+    @field_serializer("redis_url")
+    def _without_password(self, url: str | None) -> str | None:
+        # A dumped config is printed, stored in the run record and written next to the outputs: a
+        # password in the URL is replaced by *** there (prefer $DAPO_REDIS_PASSWORD).
+        return None if url is None else redact_url(url)
 
 
 class RunConfig(Section):

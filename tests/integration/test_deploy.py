@@ -49,13 +49,61 @@ def test_chart_renders_every_component(rendered: Path) -> None:
         ("NetworkPolicy", "internal"),
     ]:
         assert (kind, f"dapo-dapo-{name}") in kinds
-    assert not any(k in ("HorizontalPodAutoscaler", "Ingress", "Secret") for k, _ in kinds)
+    assert not any(k in ("HorizontalPodAutoscaler", "Ingress") for k, _ in kinds)
+    assert [n for k, n in kinds if k == "Secret"] == ["dapo-dapo-secrets"]  # no API token by default
     rollout_service = next(
         d
         for d in manifests(rendered / "default.yaml")
         if d["kind"] == "Service" and d["metadata"]["name"] == "dapo-dapo-rollout"
     )
     assert rollout_service["spec"]["clusterIP"] == "None"  # headless: servers are discovered
+
+
+def containers(docs: list[dict]) -> dict[str, dict]:
+    return {
+        c["name"]: {**c, "pod": d["spec"]["template"]["spec"]}
+        for d in docs
+        if d["kind"] in ("Deployment", "StatefulSet")
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
+
+
+def test_every_pod_gets_the_generated_secrets(rendered: Path) -> None:
+    docs = manifests(rendered / "default.yaml")
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    assert set(secret["data"]) == {"service-token", "redis-password"}
+    assert all(len(v) >= 48 for v in secret["data"].values())  # base64 of 48 random characters
+    found = containers(docs)
+    assert set(found) == {"controller", "reward", "rollout", "trainer", "redis"}
+    for name, container in found.items():
+        env = {e["name"]: e for e in container["env"]}
+        assert env["DAPO_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "dapo-dapo-secrets", name
+        if name != "redis":
+            ref = env["DAPO_SERVICE_TOKEN"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "dapo-dapo-secrets", "key": "service-token"}, name
+            assert "DAPO_TLS_CERT_FILE" not in env  # TLS is off by default
+    assert "$(DAPO_REDIS_PASSWORD)" in found["redis"]["args"]
+    assert "--redis-url" not in found["trainer"]["args"][0]  # the URL comes from the environment
+
+
+def test_tls_values_mount_the_certificates_everywhere(rendered: Path) -> None:
+    found = containers(manifests(rendered / "tls.yaml"))
+    for name in ("controller", "reward", "rollout", "trainer"):
+        container = found[name]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert (
+            env["DAPO_TLS_CA_FILE"] == "/etc/dapo/tls/ca.crt"
+            and env["DAPO_TLS_SERVER_NAME"] == "dapo.internal"
+        )
+        assert {"name": "tls", "mountPath": "/etc/dapo/tls", "readOnly": True} in container["volumeMounts"]
+        assert {"name": "tls", "secret": {"secretName": "dapo-tls"}} in container["pod"]["volumes"]
+    assert found["rollout"]["readinessProbe"]["exec"]["command"] == [
+        "dapo",
+        "health",
+        "grpc",
+        "127.0.0.1:50051",
+    ]
+    assert found["controller"]["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
 
 
 def test_multinode_values(rendered: Path) -> None:

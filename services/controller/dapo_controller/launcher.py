@@ -12,6 +12,10 @@ engine processes poll their shared-memory queues in a sched_yield loop for a sec
 step, which on a small machine took almost half of the trainer's core while the trainer worked and the
 rollout server had nothing to do (bench/RESULTS.md, "End to end"). A lower priority leaves the polling
 only the cycles nobody else wants; generation itself runs while the trainer waits (synchronous runs).
+
+Every service binds 127.0.0.1 and is authenticated: the launcher uses $DAPO_SERVICE_TOKEN or makes a random
+token per launch, and gives its private Redis $DAPO_REDIS_PASSWORD or a random password; both reach the
+services through their environment (REDIS_URL, DAPO_SERVICE_TOKEN), never their command lines.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import httpx
 import redis
 import yaml
 
-from dapo import keys
+from dapo import auth, keys
 from dapo.config import ConfigError, RunConfig, load_config
 from dapo.local_redis import RedisServer, free_port
 
@@ -115,14 +119,28 @@ class Launcher:
         self.services: list[ServiceProcess] = []
         self.redis_url = os.environ.get("REDIS_URL") or config.services.redis_url
         self.run_id: str | None = None
+        configured_token = auth.service_token()
+        self.service_token = configured_token or auth.new_token()
+        # A configured token (variable or file) reaches the services as it is; a new one is added.
+        self.token_env = {} if configured_token else {auth.SERVICE_TOKEN: self.service_token}
+        tls = auth.tls_files()
+        self.scheme = "https" if tls is not None else "http"
+        api_token = auth.api_token()
+        self.http = httpx.Client(
+            headers={"Authorization": f"Bearer {api_token}"} if api_token else None,
+            verify=auth.http_verify(),
+        )
 
     # --- services ----------------------------------------------------------------------------------
 
     def start(self) -> None:
         cfg = self.config
         if not self.redis_url:
-            self.redis_server = RedisServer(appendonly=True)
+            password = auth.redis_password() or auth.new_token()
+            self.redis_server = RedisServer(appendonly=True, password=password)
             self.redis_url = self.redis_server.url
+        # Secrets travel in the environment: a command line is visible to every local user.
+        secret_env = {"REDIS_URL": self.redis_url, **self.token_env}
         py = [sys.executable, "-m", "dapo.cli"]
         logs = self.work_dir / "services"
         self.reward_address = cfg.services.reward_address
@@ -136,6 +154,8 @@ class Launcher:
                     [
                         *py,
                         "reward",
+                        "--host",
+                        "127.0.0.1",
                         "--grpc-port",
                         str(port),
                         "--http-port",
@@ -168,6 +188,8 @@ class Launcher:
                             "rollout",
                             "--model",
                             cfg.policy.model_name,
+                            "--host",
+                            "127.0.0.1",
                             "--port",
                             str(port),
                             "--metrics-port",
@@ -189,8 +211,8 @@ class Launcher:
             publisher_port = self.weights_address.rsplit(":", 1)[1]
             trainer_args = [
                 "trainer",
-                "--redis-url",
-                self.redis_url,
+                "--publisher-host",
+                "127.0.0.1",
                 "--publisher-port",
                 publisher_port,
                 "--metrics-port",
@@ -212,15 +234,15 @@ class Launcher:
             env = {"CUDA_VISIBLE_DEVICES": ",".join(trainer_gpus)} if trainer_gpus else {}
             self.services.append(ServiceProcess("trainer", cmd, logs / "trainer.log", env=env))
         self.controller_port = free_port()
-        self.controller_url = f"http://127.0.0.1:{self.controller_port}"
+        self.controller_url = f"{self.scheme}://127.0.0.1:{self.controller_port}"
         self.services.append(
             ServiceProcess(
                 "controller",
                 [
                     *py,
                     "controller",
-                    "--redis-url",
-                    self.redis_url,
+                    "--host",
+                    "127.0.0.1",
                     "--port",
                     str(self.controller_port),
                     "--rollout-addresses",
@@ -232,6 +254,7 @@ class Launcher:
             )
         )
         for service in self.services:
+            service.env = {**secret_env, **service.env}
             service.start()
         self._wait_ready()
 
@@ -240,7 +263,7 @@ class Launcher:
         while time.monotonic() < deadline:
             self.supervise()
             try:
-                if httpx.get(f"{self.controller_url}/readyz", timeout=2).status_code == 200:
+                if self.http.get(f"{self.controller_url}/readyz", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -272,7 +295,7 @@ class Launcher:
         print(f"[dapo] {message}", file=sys.stderr)
         if self.run_id is None or self.redis_url is None:
             return
-        client = redis.Redis.from_url(self.redis_url)
+        client = redis.Redis.from_url(self.redis_url, **auth.redis_options(self.redis_url))
         try:
             client.xadd(
                 keys.events_stream(self.run_id),
@@ -291,7 +314,9 @@ class Launcher:
     # --- one run -----------------------------------------------------------------------------------
 
     def submit(self) -> str:
-        reply = httpx.post(f"{self.controller_url}/v1/runs", json={"config": self.config_dict}, timeout=30)
+        reply = self.http.post(
+            f"{self.controller_url}/v1/runs", json={"config": self.config_dict}, timeout=30
+        )
         if reply.status_code != 201:
             raise RuntimeError(f"the controller refused the run ({reply.status_code}): {reply.text}")
         self.run_id = str(reply.json()["id"])
@@ -299,7 +324,7 @@ class Launcher:
 
     def request_stop(self) -> None:
         if self.run_id is not None:
-            httpx.post(f"{self.controller_url}/v1/runs/{self.run_id}/stop", timeout=10)
+            self.http.post(f"{self.controller_url}/v1/runs/{self.run_id}/stop", timeout=10)
 
     def follow(self) -> dict[str, Any]:
         """Show progress until the run ends; return its final record."""
@@ -330,9 +355,9 @@ class Launcher:
             while True:
                 self.supervise()
                 try:
-                    run = httpx.get(f"{self.controller_url}/v1/runs/{self.run_id}", timeout=10).json()
+                    run = self.http.get(f"{self.controller_url}/v1/runs/{self.run_id}", timeout=10).json()
                     since = int(self.records[-1]["step"]) if self.records else 0
-                    new = httpx.get(
+                    new = self.http.get(
                         f"{self.controller_url}/v1/runs/{self.run_id}/metrics",
                         params={"since": since},
                         timeout=10,
@@ -426,7 +451,7 @@ def main(argv: list[str]) -> int:
             print(
                 f"controller {launcher.controller_url}  reward {launcher.reward_address}  "
                 f"rollout {','.join(launcher.rollout_addresses)}  weights {launcher.weights_address}  "
-                f"redis {launcher.redis_url}\nlogs in {work_dir}; Ctrl-C stops everything"
+                f"redis {auth.redact_url(launcher.redis_url or '')}\nlogs in {work_dir}; Ctrl-C stops everything"
             )
             while True:
                 launcher.supervise()
@@ -439,7 +464,7 @@ def main(argv: list[str]) -> int:
             interrupted = True
             print("interrupted: stopping the run", file=sys.stderr)
             launcher.request_stop()
-            run = httpx.get(f"{launcher.controller_url}/v1/runs/{run_id}", timeout=10).json()
+            run = launcher.http.get(f"{launcher.controller_url}/v1/runs/{run_id}", timeout=10).json()
         out = launcher.write_outputs(run)
         print(f"run {run_id} {run['status']}" + (f": {run['error']}" if run.get("error") else ""))
         print(_summary(launcher.records))

@@ -24,7 +24,7 @@ import grpc
 import redis.asyncio as aioredis
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from dapo import keys
+from dapo import keys, rpc
 from dapo.config import RunConfig, parse_config
 from dapo.data import PromptCursor, PromptRow, load_from_config
 from dapo.v1 import reward_pb2, reward_pb2_grpc, rollout_pb2
@@ -110,7 +110,7 @@ class RunLoop:
             self._server_changed,
             run_id=self.run_id,
         )
-        self.reward_channel = grpc.aio.insecure_channel(
+        self.reward_channel = rpc.aio_channel(
             self.endpoints.reward_address,
             options=[
                 ("grpc.max_receive_message_length", 256 << 20),

@@ -24,8 +24,9 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--api-token",
-        default=os.environ.get("DAPO_API_TOKEN"),
-        help="require this bearer token on mutating endpoints",
+        default=None,
+        help="require this bearer token on mutating endpoints (default: $DAPO_API_TOKEN or the file "
+        "$DAPO_API_TOKEN_FILE names; prefer those: a command line is visible to other local users)",
     )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
@@ -35,14 +36,17 @@ def main(argv: list[str]) -> int:
 
     import uvicorn
 
+    from dapo import auth
     from dapo_controller.app import create_app
     from dapo_controller.settings import ControllerSettings
+
+    auth.warn_if_exposed(args.host, "dapo controller --host", logging.getLogger("dapo_controller"))
 
     settings = ControllerSettings(
         redis_url=args.redis_url,
         host=args.host,
         port=args.port,
-        api_token=args.api_token or None,
+        api_token=args.api_token or auth.api_token(),
         rollout_addresses=[a for a in args.rollout_addresses.split(",") if a],
         reward_address=args.reward_address,
     )
@@ -52,5 +56,6 @@ def main(argv: list[str]) -> int:
         port=args.port,
         log_level=args.log_level,
         timeout_graceful_shutdown=10,
+        **auth.uvicorn_tls_options(),
     )
     return 0

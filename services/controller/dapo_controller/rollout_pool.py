@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from dapo import rpc
 from dapo.v1 import rollout_pb2, rollout_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class RolloutPool:
         known = {s.address for s in self.servers}
         for address in addresses:
             if address not in known:
-                channel = grpc.aio.insecure_channel(address, options=options)
+                channel = rpc.aio_channel(address, options=options)
                 self.servers.append(_Server(address, rollout_pb2_grpc.RolloutStub(channel), channel))
         gone = [s for s in self.servers if s.address not in addresses]
         for server in gone:

@@ -6,12 +6,16 @@ import os
 
 from pydantic import BaseModel, Field
 
+from dapo import auth
+
 
 class ControllerSettings(BaseModel):
-    redis_url: str = Field(default_factory=lambda: os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    redis_url: str = Field(
+        default_factory=lambda: os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), repr=False
+    )
     """Redis holding runs, batches, metrics and events."""
-    api_token: str | None = Field(default_factory=lambda: os.environ.get("DAPO_API_TOKEN") or None)
-    """Bearer token required on mutating endpoints (none: open)."""
+    api_token: str | None = Field(default_factory=auth.api_token, repr=False)
+    """Bearer token required on mutating endpoints (none: open); $DAPO_API_TOKEN or $DAPO_API_TOKEN_FILE."""
     host: str = "127.0.0.1"
     """Bind address."""
     port: int = Field(8000, ge=0, le=65535)

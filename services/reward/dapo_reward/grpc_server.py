@@ -7,6 +7,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from dapo import rpc
 from dapo.grpc_errors import ErrorInterceptor
 from dapo.v1 import reward_pb2, reward_pb2_grpc
 from dapo_reward.scoring import Item, Scorer
@@ -35,7 +36,7 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
 
 
 async def build_grpc_server(scorer: Scorer, address: str) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server(
+    server = rpc.aio_server(
         interceptors=[ErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -50,7 +51,4 @@ async def build_grpc_server(scorer: Scorer, address: str) -> tuple[grpc.aio.Serv
     reflection.enable_server_reflection(
         (reward_pb2.DESCRIPTOR.services_by_name["Reward"].full_name, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
-    return server, port
+    return server, rpc.listen(server, address)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from dapo import auth
 from dapo_reward.grpc_server import build_grpc_server
 from dapo_reward.http_app import create_http_app
 from dapo_reward.pool import WorkerPool
@@ -46,6 +47,7 @@ class RewardService:
             port=opts.http_port,
             log_level="warning",
             lifespan="off",
+            **auth.uvicorn_tls_options(),
         )
         self._http = uvicorn.Server(config)
         self._http.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # the caller owns signals

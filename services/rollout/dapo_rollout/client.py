@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
-import grpc
-
+from dapo import rpc
 from dapo.v1 import rollout_pb2, rollout_pb2_grpc, weights_pb2
 from dapo.weight_publisher import CHUNK_BYTES, encode_update_serialized
 from dapo.weights import TensorBytes
@@ -56,7 +55,7 @@ def sampling_params(
 class RolloutClient:
     def __init__(self, address: str) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(
+        self.channel = rpc.aio_channel(
             address,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

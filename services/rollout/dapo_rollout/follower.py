@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from dapo import rpc
 from dapo.v1 import weights_pb2, weights_pb2_grpc
 from dapo.weights import WeightUpdateError
 from dapo_rollout.weight_update import StaleVersionError, WeightUpdater
@@ -42,7 +43,7 @@ class PublisherFollower:
         self.poll_s = poll_s
         self.rpc_timeout_s = rpc_timeout_s
         self.fetch_timeout_s = fetch_timeout_s
-        self._channel = grpc.aio.insecure_channel(
+        self._channel = rpc.aio_channel(
             address,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from dapo import rpc
 from dapo.grpc_errors import ErrorInterceptor
 from dapo.v1 import rollout_pb2, rollout_pb2_grpc
 from dapo.weights import WeightUpdateError
@@ -189,7 +190,7 @@ async def _drain(request_iterator: Any) -> None:
 
 def build_server(servicer: RolloutServicer, address: str) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with the Rollout and health services bound to `address`; returns (server, port)."""
-    server = grpc.aio.server(
+    server = rpc.aio_server(
         interceptors=[ErrorInterceptor(status_code_for)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -198,7 +199,4 @@ def build_server(servicer: RolloutServicer, address: str) -> tuple[grpc.aio.Serv
     )
     rollout_pb2_grpc.add_RolloutServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(servicer.health, server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
-    return server, port
+    return server, rpc.listen(server, address)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+from dapo import rpc
 from dapo.v1 import rollout_pb2, rollout_pb2_grpc
 
 
@@ -64,7 +65,7 @@ class RolloutProcess:
         return self
 
     def status(self, timeout: float = 5.0) -> rollout_pb2.StatusReply:
-        with grpc.insecure_channel(self.address) as channel:
+        with rpc.sync_channel(self.address) as channel:
             return rollout_pb2_grpc.RolloutStub(channel).Status(rollout_pb2.StatusRequest(), timeout=timeout)
 
     def wait_until(

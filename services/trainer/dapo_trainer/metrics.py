@@ -39,10 +39,10 @@ PUSH_FAILURES = Counter("dapo_trainer_push_failures_total", "Weight pushes to ro
 _server_started = False
 
 
-def start_metrics_server(port: int | None) -> None:
+def start_metrics_server(port: int | None, host: str = "0.0.0.0") -> None:
     global _server_started
     if port is not None and not _server_started:
-        start_http_server(port)
+        start_http_server(port, addr=host)
         _server_started = True
         log.info("Prometheus metrics on port %d", port)
 

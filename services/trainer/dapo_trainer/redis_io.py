@@ -22,6 +22,8 @@ from tenacity import (
     wait_exponential,
 )
 
+from dapo import auth
+
 log = logging.getLogger(__name__)
 
 RETRIED_ERRORS = (redis.ConnectionError, redis.TimeoutError)
@@ -38,7 +40,11 @@ class RetryingRedis:
         self.url = url
         self.retry_s = retry_s
         self.client = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout_s, socket_connect_timeout=5.0, health_check_interval=10
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=5.0,
+            health_check_interval=10,
+            **auth.redis_options(url),
         )
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
@@ -64,7 +70,7 @@ class RetryingRedis:
         except RetryError as exc:
             last = exc.last_attempt.exception()
             raise RedisUnavailable(
-                f"Redis at {self.url} unavailable for {self.retry_s:.0f} s "
+                f"Redis at {auth.redact_url(self.url)} unavailable for {self.retry_s:.0f} s "
                 f"({getattr(method, '__name__', 'command')}): {last}"
             ) from last
 

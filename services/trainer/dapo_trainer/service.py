@@ -19,7 +19,7 @@ from typing import Any
 
 import redis as redis_lib
 
-from dapo import keys
+from dapo import auth, keys
 from dapo.config import RunConfig, load_config
 from dapo_trainer.distributed import DistContext, broadcast, setup_distributed, teardown_distributed
 from dapo_trainer.main import TrainerOptions
@@ -35,7 +35,9 @@ class Heartbeat:
     """Rank 0's liveness key, refreshed from a daemon thread every `ttl_s / 4` seconds."""
 
     def __init__(self, url: str, ttl_s: float) -> None:
-        self.client = redis_lib.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        self.client = redis_lib.Redis.from_url(
+            url, socket_timeout=5.0, socket_connect_timeout=5.0, **auth.redis_options(url)
+        )
         self.ttl_ms = int(ttl_s * 1000)
         self.value: dict[str, Any] = {
             "run_id": None,
@@ -137,7 +139,7 @@ def serve(options: TrainerOptions) -> int:
         if ctx.is_main:
             redis = RetryingRedis(options.redis_url, retry_s=options.redis_retry_s)
             redis.ping()
-            start_metrics_server(options.metrics_port)
+            start_metrics_server(options.metrics_port, options.publisher_host)
             heartbeat = Heartbeat(options.redis_url, options.heartbeat_ttl_s).start()
         finished: set[str] = set()
         while True:
