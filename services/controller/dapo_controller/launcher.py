@@ -102,8 +102,45 @@ def _gpu_split(config: RunConfig) -> tuple[list[list[str]], list[str]]:
             f"and leave the trainer at least one of cluster.gpus_per_node ({gpus})"
         )
     per_server = rollout_gpus // servers
+    tensor_parallel = config.policy.generation.vllm_cfg.tensor_parallel_size
+    if per_server < tensor_parallel:
+        raise ConfigError(
+            f"policy.generation.vllm_cfg.tensor_parallel_size ({tensor_parallel}) is more than the {per_server} "
+            f"GPU(s) each of cluster.num_rollout_servers ({servers}) gets of cluster.rollout_gpus ({rollout_gpus})"
+        )
     ids = [str(i) for i in range(gpus)]
     return [ids[i * per_server : (i + 1) * per_server] for i in range(servers)], ids[rollout_gpus:]
+
+
+def rollout_engine_args(config: RunConfig) -> list[str]:
+    """`dapo rollout` flags for the engine settings of `config` (model, policy.generation.vllm_cfg)."""
+    vllm = config.policy.generation.vllm_cfg
+    args = [
+        "--model",
+        config.policy.model_name,
+        "--max-model-len",
+        str(vllm.max_model_len or config.policy.max_total_sequence_length),
+        "--gpu-memory-utilization",
+        str(vllm.gpu_memory_utilization),
+        "--tensor-parallel-size",
+        str(vllm.tensor_parallel_size),
+    ]
+    if vllm.precision is not None:
+        args += ["--dtype", vllm.precision]
+    if vllm.enforce_eager is not None:
+        args.append("--enforce-eager" if vllm.enforce_eager else "--no-enforce-eager")
+    if config.policy.hf_config_overrides:
+        args += ["--hf-overrides", json.dumps(config.policy.hf_config_overrides)]
+    return args
+
+
+def check_layout(config: RunConfig) -> None:
+    """What this launcher cannot lay out: several nodes (scripts/slurm/dapo.sub does that)."""
+    if config.cluster.num_nodes > 1:
+        raise ConfigError(
+            f"cluster.num_nodes is {config.cluster.num_nodes}: `dapo run` starts every service on this node; "
+            "spread a run over several nodes with the Helm chart (helm/dapo)"
+        )
 
 
 class Launcher:
@@ -166,18 +203,15 @@ class Launcher:
                         [
                             *py,
                             "rollout",
-                            "--model",
-                            cfg.policy.model_name,
                             "--port",
                             str(port),
                             "--metrics-port",
                             str(free_port()),
                             "--weights-address",
                             self.weights_address,
-                            "--max-model-len",
-                            str(cfg.policy.max_total_sequence_length),
                             "--seed",
                             str(cfg.grpo.seed + i),
+                            *rollout_engine_args(cfg),
                         ],
                         logs / f"rollout-{i}.log",
                         env=env,
@@ -406,6 +440,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(rest)
     try:
         config = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"dapo {mode}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        check_layout(config)
+        _gpu_split(config)
     except ConfigError as exc:
         print(f"dapo {mode}: {exc}", file=sys.stderr)
         return 2

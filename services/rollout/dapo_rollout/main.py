@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 
@@ -26,6 +27,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--dtype", default=None, help="engine dtype (default: float32 on CPU, the model's on GPU)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs the model is sharded over")
+    eager = p.add_mutually_exclusive_group()
+    eager.add_argument("--enforce-eager", dest="enforce_eager", action="store_true", default=None)
+    eager.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false")
+    p.add_argument("--hf-overrides", type=json.loads, default={}, help="JSON object over config.json")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--allow-inflight-updates",
@@ -58,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             max_model_len=args.max_model_len,
             gpu_memory_utilization=args.gpu_memory_utilization,
+            tensor_parallel_size=args.tensor_parallel_size,
+            enforce_eager=args.enforce_eager,
+            hf_overrides=args.hf_overrides,
             seed=args.seed,
             wait_for_weights=args.wait_for_weights,
             initial_version=args.version,

@@ -177,11 +177,26 @@ class LogprobModel(nn.Module):
         return logp_BR.clone(), entropy_BR.clone() if entropy_BR is not None else None
 
 
-def load_model(info: ModelInfo, *, chunk_size: int, temperature: float) -> LogprobModel:
-    """The model in float32 master weights on the CPU (FSDP2 moves the shards to the device)."""
+def load_model(
+    info: ModelInfo,
+    *,
+    chunk_size: int,
+    temperature: float,
+    config_overrides: Mapping[str, Any] | None = None,
+    activation_checkpointing: bool = False,
+) -> LogprobModel:
+    """The model in float32 master weights on the CPU (FSDP2 moves the shards to the device).
+
+    `config_overrides` replace values of its config.json (NeMo RL's `policy.hf_config_overrides`);
+    `activation_checkpointing` recomputes each decoder layer in the backward pass.
+    """
     from transformers import AutoModelForCausalLM
 
-    causal_lm = AutoModelForCausalLM.from_pretrained(str(info.model_dir), dtype=torch.float32)
+    causal_lm = AutoModelForCausalLM.from_pretrained(
+        str(info.model_dir), dtype=torch.float32, **dict(config_overrides or {})
+    )
     causal_lm.config.use_cache = False
+    if activation_checkpointing:
+        causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     causal_lm.train()
     return LogprobModel(causal_lm, chunk_size=chunk_size, temperature=temperature)
