@@ -2,8 +2,8 @@
 
 `dapo run CONFIG [key=value ...]` uses $REDIS_URL (or services.redis_url) if set, else starts a private
 redis-server; starts the reward service, the rollout server(s), the trainer and the controller;
-submits the run over REST; shows progress; writes metrics (JSONL, TensorBoard, W&B if enabled, a PNG)
-under `logger.log_dir/<run id>/`; restarts a service that dies (a bounded number of times, as
+submits the run over REST; shows progress; writes metrics (JSONL, TensorBoard, a PNG) under
+`logger.log_dir/<run id>/` (W&B, if enabled, is logged live by the controller, into the same folder); restarts a service that dies (a bounded number of times, as
 compose's restart policy would); exits with the run's outcome (0 only if it succeeded) and stops
 everything it started, also on Ctrl-C. `dapo up [CONFIG]` starts the services only.
 
@@ -34,6 +34,7 @@ import yaml
 
 from dapo import keys
 from dapo.config import ConfigError, RunConfig, load_config
+from dapo.hub import NotInCacheError, resolve_model_dir
 from dapo.local_redis import RedisServer, free_port
 
 TERMINAL = {"succeeded", "failed", "stopped"}
@@ -132,6 +133,29 @@ def rollout_engine_args(config: RunConfig) -> list[str]:
     if config.policy.hf_config_overrides:
         args += ["--hf-overrides", json.dumps(config.policy.hf_config_overrides)]
     return args
+
+
+def check_wandb(config: RunConfig) -> None:
+    """W&B is an optional extra: say how to get it before anything starts."""
+    if not config.logger.wandb_enabled:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            "logger.wandb_enabled is true but wandb is not installed: pip install 'dapo[wandb]' "
+            "(scripts/install.sh installs it), or set logger.wandb_enabled=false"
+        )
+
+
+def check_model(config: RunConfig) -> None:
+    """The model (and tokenizer) must be on disk or in the local HF cache before any service starts."""
+    try:
+        resolve_model_dir(config.policy.model_name)
+        if config.policy.tokenizer.name:
+            resolve_model_dir(config.policy.tokenizer.name, "policy.tokenizer.name")
+    except NotInCacheError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_layout(config: RunConfig) -> None:
@@ -403,7 +427,6 @@ class Launcher:
             plot_run,
             write_jsonl,
             write_tensorboard,
-            write_wandb,
         )
 
         out = Path(self.config.logger.log_dir) / str(self.run_id)
@@ -412,10 +435,6 @@ class Launcher:
         (out / "config.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
         if self.config.logger.tensorboard_enabled:
             write_tensorboard(rows, out / "tensorboard")
-        if self.config.logger.wandb_enabled:
-            write_wandb(
-                rows, self.config.logger.wandb.project, self.config.logger.wandb.name, self.config_dict
-            )
         plot_run(rows, out / "run.png", title=f"run {self.run_id}: {run['status']}")
         return out
 
@@ -445,6 +464,8 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         check_layout(config)
+        check_model(config)
+        check_wandb(config)
         _gpu_split(config)
     except ConfigError as exc:
         print(f"dapo {mode}: {exc}", file=sys.stderr)

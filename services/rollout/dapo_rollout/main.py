@@ -8,6 +8,8 @@ import json
 import logging
 import os
 
+from dapo.hub import NotInCacheError, resolve_model_dir
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="dapo rollout", description="Serve a policy with vLLM over gRPC.")
@@ -46,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization}")
     if args.poll_seconds <= 0:
         p.error(f"--poll-seconds must be positive, got {args.poll_seconds}")
+    try:
+        args.model = str(resolve_model_dir(args.model, "--model"))
+    except NotInCacheError as exc:
+        p.error(str(exc))
     if not os.path.isfile(os.path.join(args.model, "config.json")):
         p.error(f"--model {args.model}: no config.json there (expected a Hugging Face model directory)")
     return args

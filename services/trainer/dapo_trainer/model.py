@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from dapo.algo import fused_policy_loss, token_logprobs
+from dapo.hub import resolve_model_dir
 
 WRAPPER_PREFIX = "causal_lm."
 
@@ -36,16 +37,6 @@ class ModelInfo:
     pad_token_id: int
     checkpoint_dtype: str  # the dtype the directory's weights are stored in (vLLM's dtype=auto)
     tie_word_embeddings: bool
-
-
-def resolve_model_dir(name: str) -> Path:
-    """A local directory, or the snapshot of `name` in the local Hugging Face cache (no download)."""
-    path = Path(name)
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(name, local_files_only=True))
 
 
 def read_model_info(model_name: str, tokenizer_name: str | None) -> ModelInfo:
@@ -63,7 +54,9 @@ def read_model_info(model_name: str, tokenizer_name: str | None) -> ModelInfo:
         pad = pad[0]
     return ModelInfo(
         model_dir=model_dir,
-        tokenizer_dir=resolve_model_dir(tokenizer_name) if tokenizer_name else model_dir,
+        tokenizer_dir=resolve_model_dir(tokenizer_name, "policy.tokenizer.name")
+        if tokenizer_name
+        else model_dir,
         vocab_size=int(text_config["vocab_size"]),
         pad_token_id=int(pad),
         checkpoint_dtype=dtype,
