@@ -109,8 +109,8 @@ class RunLoop:
 
     async def _setup(self) -> None:
         cfg = self.config
-        self.train_rows = load_from_config(cfg.data)
-        self.val_rows: list[PromptRow] = load_from_config(cfg.data, validation=True)
+        self.train_rows = load_from_config(cfg.data, seed=cfg.grpo.seed)
+        self.val_rows: list[PromptRow] = load_from_config(cfg.data, validation=True, seed=cfg.grpo.seed)
         self.pool = RolloutPool(
             self.endpoints.rollout_addresses,
             cfg.services.rpc_timeout_s,
