@@ -158,3 +158,28 @@ def test_hf_config_overrides_and_activation_checkpointing_reach_the_model() -> N
     assert model.causal_lm.is_gradient_checkpointing
     plain = load_model(info, chunk_size=64, temperature=1.0)
     assert not plain.causal_lm.is_gradient_checkpointing
+
+
+def test_metric_name_reads_the_runs_records_per_policy_version(redis_client) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from dapo_trainer.train import Run
+
+    from dapo import keys
+
+    for record in (
+        {"step": 0, "source": "validation", "val/accuracy": 0.25},
+        {"step": 0, "source": "trainer", "train/loss": 2.0},
+        {"step": 1, "source": "validation", "val/accuracy": 0.5},
+        {"step": 1, "source": "trainer", "train/loss": 1.0},
+    ):
+        redis_client.xadd(keys.metrics_stream("r"), {"data": json.dumps(record)})
+
+    def metrics(name: str) -> dict[int, float] | None:
+        config = load_config(None, [f"checkpointing.metric_name={name}"])
+        run = SimpleNamespace(config=config, io=SimpleNamespace(redis=redis_client), run_id="r")
+        return Run.metric_by_version(run)  # type: ignore[arg-type]
+
+    # validation of step s ran with version s; step s's batch produced version s + 1
+    assert metrics("val:accuracy") == {0: 0.25, 1: 0.5}
+    assert metrics("train:loss") == {1: 2.0, 2: 1.0}
