@@ -112,7 +112,7 @@ def detect_format(record: dict[str, Any]) -> Literal["verl", "gsm8k", "math"]:
         return "verl"
     if "question" in keys and "answer" in keys:
         return "gsm8k"
-    if "problem" in keys and "answer" in keys:
+    if "problem" in keys and ("answer" in keys or "solution" in keys):
         return "math"
     raise DataError(
         f"cannot detect the row format from keys {sorted(keys)}: expected 'prompt'+'reward_model' (verl), "
@@ -216,15 +216,30 @@ def parse_row(
             raise DataError(f"{where}: field 'answer' {e}") from None
     elif format == "math":
         question = _text(_field(record, "problem", where), "problem", where)
-        truth = _text(_field(record, "answer", where), "answer", where)
+        if "answer" in record or "solution" not in record:
+            truth = _text(_field(record, "answer", where), "answer", where)
+        else:  # Hendrycks MATH: the answer is the solution's last \boxed{...}
+            truth = _last_boxed(_text(record["solution"], "solution", where), where)
     else:
         raise DataError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     content = apply_template(prompt_template, question)
     return PromptRow(_row_id(record, index), [{"role": "user", "content": content}], truth)
 
 
+def _last_boxed(solution: str, where: str) -> str:
+    start = solution.rfind("\\boxed{")
+    if start < 0:
+        raise DataError(f"{where}: field 'solution' has no \\boxed{{}} answer and there is no 'answer'")
+    depth, begin = 0, start + len("\\boxed{")
+    for i in range(begin, len(solution)):
+        depth += {"{": 1, "}": -1}.get(solution[i], 0)
+        if depth < 0:
+            return solution[begin:i]
+    raise DataError(f"{where}: field 'solution' has an unclosed \\boxed{{")
+
+
 def load_prompts(
-    path: str | Path,
+    path: str | Path | Sequence[Path],
     format: RowFormat = "auto",
     prompt_template: str | None = None,
     limit: int | None = None,
@@ -236,7 +251,9 @@ def load_prompts(
         raise DataError(f"limit must be >= 1, got {limit}")
     if prompt_template is not None:
         apply_template(prompt_template, "")  # fail early on a broken template
-    records = read_records(path)
+    paths = [Path(path)] if isinstance(path, str | Path) else list(path)
+    records = [record for file in paths for record in read_records(file)]
+    path = paths[0] if len(paths) == 1 else f"{paths[0].parent} ({len(paths)} files)"
     if not records:
         raise DataError(f"data file {str(path)!r} has no rows")
     if limit is not None:
@@ -253,18 +270,43 @@ def load_prompts(
     return rows
 
 
-def load_from_config(config: DataConfig, validation: bool = False) -> list[PromptRow]:
+def _source(file: str | None, dataset_name: str | None) -> str | list[Path] | None:
+    if dataset_name is None:
+        return file
+    from dapo.datasets import dataset_files
+
+    try:
+        return dataset_files(dataset_name)
+    except FileNotFoundError as exc:
+        raise DataError(str(exc)) from None
+
+
+def load_from_config(config: DataConfig, validation: bool = False, seed: int = 0) -> list[PromptRow]:
     """The training (or, with `validation=True`, the held-out) prompts that `config` names.
 
-    Validation is capped at `config.max_val_samples`; with no `validation_file` it is empty.
+    Validation is capped at `config.max_val_samples`; with no validation set it is empty. With
+    `split_validation_size`, that fraction of the training prompts (chosen by `seed`) is the validation
+    set and is left out of training.
     """
+    if config.split_validation_size > 0:
+        source = _source(config.train_file, config.dataset_name)
+        assert source is not None
+        rows = load_prompts(source, config.format, config.prompt_template)
+        order = list(range(len(rows)))
+        random.Random(f"dapo.split:{seed}").shuffle(order)
+        num_val = max(1, round(len(rows) * config.split_validation_size))
+        held_out = set(order[:num_val])
+        if validation:
+            return [rows[i] for i in sorted(held_out)][: config.max_val_samples]
+        return [row for i, row in enumerate(rows) if i not in held_out]
     if validation:
-        if config.validation_file is None:
+        source = _source(config.validation_file, config.validation_dataset_name)
+        if source is None:
             return []
-        return load_prompts(
-            config.validation_file, config.format, config.prompt_template, limit=config.max_val_samples
-        )
-    return load_prompts(config.train_file, config.format, config.prompt_template)
+        return load_prompts(source, config.format, config.prompt_template, limit=config.max_val_samples)
+    train = _source(config.train_file, config.dataset_name)
+    assert train is not None
+    return load_prompts(train, config.format, config.prompt_template)
 
 
 class PromptCursor:

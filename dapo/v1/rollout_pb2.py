@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dapo.v1 import weights_pb2 as dapo_dot_v1_dot_weights__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64\x61po/v1/rollout.proto\x12\x07\x64\x61po.v1\x1a\x15\x64\x61po/v1/weights.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"4\n\nChatPrompt\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.dapo.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"]\n\x06Prompt\x12&\n\ttoken_ids\x18\x01 \x01(\x0b\x32\x11.dapo.v1.TokenIdsH\x00\x12#\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x13.dapo.v1.ChatPromptH\x00\x42\x06\n\x04kind\"\x8c\x01\n\x0eSamplingParams\x12\t\n\x01n\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_seed\"r\n\x0fGenerateRequest\x12 \n\x07prompts\x18\x01 \x03(\x0b\x32\x0f.dapo.v1.Prompt\x12)\n\x08sampling\x18\x02 \x01(\x0b\x32\x17.dapo.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"z\n\x06Sample\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x03\x12\x0e\n\x06run_id\x18\x06 \x01(\t\"J\n\x0cPromptResult\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\x05\x12 \n\x07samples\x18\x02 \x03(\x0b\x32\x0f.dapo.v1.Sample\"7\n\rGenerateReply\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.dapo.v1.PromptResult\"\x0f\n\rStatusRequest\"\x8a\x01\n\x0bStatusReply\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1a\n\x12requests_in_flight\x18\x03 \x01(\x05\x12\x19\n\x11tokens_per_second\x18\x04 \x01(\x01\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x0e\n\x06run_id\x18\x06 \x01(\t2\xcc\x01\n\x07Rollout\x12<\n\x08Generate\x12\x18.dapo.v1.GenerateRequest\x1a\x16.dapo.v1.GenerateReply\x12K\n\rUpdateWeights\x12\x1c.dapo.v1.WeightUpdateMessage\x1a\x1a.dapo.v1.WeightUpdateReply(\x01\x12\x36\n\x06Status\x12\x16.dapo.v1.StatusRequest\x1a\x14.dapo.v1.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64\x61po/v1/rollout.proto\x12\x07\x64\x61po.v1\x1a\x15\x64\x61po/v1/weights.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"4\n\nChatPrompt\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.dapo.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"m\n\x06Prompt\x12&\n\ttoken_ids\x18\x01 \x01(\x0b\x32\x11.dapo.v1.TokenIdsH\x00\x12#\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x13.dapo.v1.ChatPromptH\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x42\x06\n\x04kind\"\x8c\x01\n\x0eSamplingParams\x12\t\n\x01n\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_seed\"r\n\x0fGenerateRequest\x12 \n\x07prompts\x18\x01 \x03(\x0b\x32\x0f.dapo.v1.Prompt\x12)\n\x08sampling\x18\x02 \x01(\x0b\x32\x17.dapo.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"z\n\x06Sample\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x03\x12\x0e\n\x06run_id\x18\x06 \x01(\t\"J\n\x0cPromptResult\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\x05\x12 \n\x07samples\x18\x02 \x03(\x0b\x32\x0f.dapo.v1.Sample\"7\n\rGenerateReply\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.dapo.v1.PromptResult\"\x0f\n\rStatusRequest\"\x8a\x01\n\x0bStatusReply\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1a\n\x12requests_in_flight\x18\x03 \x01(\x05\x12\x19\n\x11tokens_per_second\x18\x04 \x01(\x01\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x0e\n\x06run_id\x18\x06 \x01(\t2\xcc\x01\n\x07Rollout\x12<\n\x08Generate\x12\x18.dapo.v1.GenerateRequest\x1a\x16.dapo.v1.GenerateReply\x12K\n\rUpdateWeights\x12\x1c.dapo.v1.WeightUpdateMessage\x1a\x1a.dapo.v1.WeightUpdateReply(\x01\x12\x36\n\x06Status\x12\x16.dapo.v1.StatusRequest\x1a\x14.dapo.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,21 +39,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENIDS']._serialized_start=157
   _globals['_TOKENIDS']._serialized_end=180
   _globals['_PROMPT']._serialized_start=182
-  _globals['_PROMPT']._serialized_end=275
-  _globals['_SAMPLINGPARAMS']._serialized_start=278
-  _globals['_SAMPLINGPARAMS']._serialized_end=418
-  _globals['_GENERATEREQUEST']._serialized_start=420
-  _globals['_GENERATEREQUEST']._serialized_end=534
-  _globals['_SAMPLE']._serialized_start=536
-  _globals['_SAMPLE']._serialized_end=658
-  _globals['_PROMPTRESULT']._serialized_start=660
-  _globals['_PROMPTRESULT']._serialized_end=734
-  _globals['_GENERATEREPLY']._serialized_start=736
-  _globals['_GENERATEREPLY']._serialized_end=791
-  _globals['_STATUSREQUEST']._serialized_start=793
-  _globals['_STATUSREQUEST']._serialized_end=808
-  _globals['_STATUSREPLY']._serialized_start=811
-  _globals['_STATUSREPLY']._serialized_end=949
-  _globals['_ROLLOUT']._serialized_start=952
-  _globals['_ROLLOUT']._serialized_end=1156
+  _globals['_PROMPT']._serialized_end=291
+  _globals['_SAMPLINGPARAMS']._serialized_start=294
+  _globals['_SAMPLINGPARAMS']._serialized_end=434
+  _globals['_GENERATEREQUEST']._serialized_start=436
+  _globals['_GENERATEREQUEST']._serialized_end=550
+  _globals['_SAMPLE']._serialized_start=552
+  _globals['_SAMPLE']._serialized_end=674
+  _globals['_PROMPTRESULT']._serialized_start=676
+  _globals['_PROMPTRESULT']._serialized_end=750
+  _globals['_GENERATEREPLY']._serialized_start=752
+  _globals['_GENERATEREPLY']._serialized_end=807
+  _globals['_STATUSREQUEST']._serialized_start=809
+  _globals['_STATUSREQUEST']._serialized_end=824
+  _globals['_STATUSREPLY']._serialized_start=827
+  _globals['_STATUSREPLY']._serialized_end=965
+  _globals['_ROLLOUT']._serialized_start=968
+  _globals['_ROLLOUT']._serialized_end=1172
 # @@protoc_insertion_point(module_scope)

@@ -229,6 +229,21 @@ def test_stop_strings_and_length_finish_reasons(served: Served) -> None:
     assert first.finish_reason == "stop" and stop not in first.text and len(first.token_ids) < MAX_TOKENS
 
 
+def test_a_text_prompt_is_tokenized_as_it_is(served: Served, tiny_model_dir: Path) -> None:
+    """data.use_chat_template: false (or NeMo's passthrough template) sends plain text: no chat template."""
+    from dapo_rollout.client import rollout_pb2
+    from transformers import AutoTokenizer
+
+    text = "What is 12+34?"
+    result = run(_generate(served.address, [rollout_pb2.Prompt(text=text)], temperature=0.0, max_tokens=4))
+    expected = AutoTokenizer.from_pretrained(tiny_model_dir)(text, add_special_tokens=False)["input_ids"]
+    assert list(result[0].prompt_token_ids) == expected
+    assert list(result[0].prompt_token_ids) != chat_ids(tiny_model_dir)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        run(_generate(served.address, [rollout_pb2.Prompt(text="")], max_tokens=4))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 @pytest.mark.parametrize(
     ("prompts", "sampling", "message"),
     [

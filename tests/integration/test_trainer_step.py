@@ -41,9 +41,10 @@ def _train(ctx, model_dir, batch, **policy):  # noqa: ANN001, ANN202
     )
     info = read_model_info(str(model_dir), None)
     model = setup_model(config, info, ctx)
-    optimizer, scheduler = build_optimizer(model, config.policy.optimizer)
+    optimizer, scheduler = build_optimizer(model, config.policy.optimizer, config.policy.scheduler)
     result = train_on_batch(model, optimizer, scheduler, batch, config, ctx, info.pad_token_id)
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state["_lr_after"] = torch.tensor(optimizer.param_groups[0]["lr"])
     return result, state
 
 
@@ -68,6 +69,8 @@ def test_micro_batching_does_not_change_the_update(one_rank, tiny_model_dir) -> 
         assert result.metrics["train/grad_norm"] == pytest.approx(whole.metrics["train/grad_norm"], rel=1e-5)
     for state in (single_state, packed_state):
         for name, tensor in whole_state.items():
+            if name.startswith("_"):
+                continue
             torch.testing.assert_close(state[name], tensor, rtol=0, atol=1e-6)
     assert whole.num_optimizer_steps == 1
     assert whole.metrics["train/ratio_mean"] == 1.0  # one step: old log-probs are the step's own
@@ -102,3 +105,22 @@ def test_only_later_optimizer_steps_need_a_pass_for_old_log_probs(
     passes.clear()
     _train(one_rank, tiny_model_dir, batch, train_global_batch_size=8, train_micro_batch_size=4)
     assert passes == []  # one optimizer step: no extra pass at all
+
+
+def test_a_nemo_scheduler_steps_once_per_batch(one_rank, tiny_model_dir) -> None:
+    """NeMo RL steps policy.scheduler once per training step, not per optimizer step."""
+    batch = make_batch("r", 0, num_sequences=8, vocab_size=512)
+    schedule = [
+        {"name": "torch.optim.lr_scheduler.LinearLR", "kwargs": {"start_factor": 0.5, "total_iters": 2}}
+    ]
+    result, state = _train(
+        one_rank,
+        tiny_model_dir,
+        batch,
+        train_global_batch_size=2,
+        train_micro_batch_size=1,
+        scheduler=schedule,
+    )
+    assert result.num_optimizer_steps == 4
+    assert result.metrics["train/lr"] == pytest.approx(0.5e-3)  # all four steps at the batch's rate
+    assert float(state["_lr_after"]) == pytest.approx(0.75e-3)  # then one scheduler step

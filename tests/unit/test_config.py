@@ -40,7 +40,7 @@ def test_every_shipped_config_loads(path: Path) -> None:
 
 def test_shipped_configs_exist() -> None:
     names = {p.name for p in SHIPPED}
-    assert {"tiny_cpu.yaml", "qwen2.5_1.5b_dapo_1node.yaml"} <= names
+    assert {"tiny_cpu.yaml", "qwen2.5_1.5b_dapo_1node.yaml", "grpo_math_8B.yaml"} <= names
 
 
 def test_paper_settings_in_the_gpu_config() -> None:

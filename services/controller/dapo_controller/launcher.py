@@ -2,8 +2,8 @@
 
 `dapo run CONFIG [key=value ...]` uses $REDIS_URL (or services.redis_url) if set, else starts a private
 redis-server; starts the reward service, the rollout server(s), the trainer and the controller;
-submits the run over REST; shows progress; writes metrics (JSONL, TensorBoard, W&B if enabled, a PNG)
-under `logger.log_dir/<run id>/`; restarts a service that dies (a bounded number of times, as
+submits the run over REST; shows progress; writes metrics (JSONL, TensorBoard, a PNG) under
+`logger.log_dir/<run id>/` (W&B, if enabled, is logged live by the controller, into the same folder); restarts a service that dies (a bounded number of times, as
 compose's restart policy would); exits with the run's outcome (0 only if it succeeded) and stops
 everything it started, also on Ctrl-C. `dapo up [CONFIG]` starts the services only.
 
@@ -38,6 +38,7 @@ import yaml
 
 from dapo import auth, keys
 from dapo.config import ConfigError, RunConfig, load_config
+from dapo.hub import NotInCacheError, resolve_model_dir
 from dapo.local_redis import RedisServer, free_port
 
 TERMINAL = {"succeeded", "failed", "stopped"}
@@ -106,8 +107,68 @@ def _gpu_split(config: RunConfig) -> tuple[list[list[str]], list[str]]:
             f"and leave the trainer at least one of cluster.gpus_per_node ({gpus})"
         )
     per_server = rollout_gpus // servers
+    tensor_parallel = config.policy.generation.vllm_cfg.tensor_parallel_size
+    if per_server < tensor_parallel:
+        raise ConfigError(
+            f"policy.generation.vllm_cfg.tensor_parallel_size ({tensor_parallel}) is more than the {per_server} "
+            f"GPU(s) each of cluster.num_rollout_servers ({servers}) gets of cluster.rollout_gpus ({rollout_gpus})"
+        )
     ids = [str(i) for i in range(gpus)]
     return [ids[i * per_server : (i + 1) * per_server] for i in range(servers)], ids[rollout_gpus:]
+
+
+def rollout_engine_args(config: RunConfig) -> list[str]:
+    """`dapo rollout` flags for the engine settings of `config` (model, policy.generation.vllm_cfg)."""
+    vllm = config.policy.generation.vllm_cfg
+    args = [
+        "--model",
+        config.policy.model_name,
+        "--max-model-len",
+        str(vllm.max_model_len or config.policy.max_total_sequence_length),
+        "--gpu-memory-utilization",
+        str(vllm.gpu_memory_utilization),
+        "--tensor-parallel-size",
+        str(vllm.tensor_parallel_size),
+    ]
+    if vllm.precision is not None:
+        args += ["--dtype", vllm.precision]
+    if vllm.enforce_eager is not None:
+        args.append("--enforce-eager" if vllm.enforce_eager else "--no-enforce-eager")
+    if config.policy.hf_config_overrides:
+        args += ["--hf-overrides", json.dumps(config.policy.hf_config_overrides)]
+    return args
+
+
+def check_wandb(config: RunConfig) -> None:
+    """W&B is an optional extra: say how to get it before anything starts."""
+    if not config.logger.wandb_enabled:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            "logger.wandb_enabled is true but wandb is not installed: pip install 'dapo[wandb]' "
+            "(scripts/install.sh installs it), or set logger.wandb_enabled=false"
+        )
+
+
+def check_model(config: RunConfig) -> None:
+    """The model (and tokenizer) must be on disk or in the local HF cache before any service starts."""
+    try:
+        resolve_model_dir(config.policy.model_name)
+        if config.policy.tokenizer.name:
+            resolve_model_dir(config.policy.tokenizer.name, "policy.tokenizer.name")
+    except NotInCacheError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_layout(config: RunConfig) -> None:
+    """What this launcher cannot lay out: several nodes (scripts/slurm/dapo.sub does that)."""
+    if config.cluster.num_nodes > 1:
+        raise ConfigError(
+            f"cluster.num_nodes is {config.cluster.num_nodes}: `dapo run` starts every service on this node; "
+            "spread a run over several nodes with the Helm chart (helm/dapo)"
+        )
 
 
 class Launcher:
@@ -186,8 +247,6 @@ class Launcher:
                         [
                             *py,
                             "rollout",
-                            "--model",
-                            cfg.policy.model_name,
                             "--host",
                             "127.0.0.1",
                             "--port",
@@ -196,10 +255,9 @@ class Launcher:
                             str(free_port()),
                             "--weights-address",
                             self.weights_address,
-                            "--max-model-len",
-                            str(cfg.policy.max_total_sequence_length),
                             "--seed",
                             str(cfg.grpo.seed + i),
+                            *rollout_engine_args(cfg),
                         ],
                         logs / f"rollout-{i}.log",
                         env=env,
@@ -394,7 +452,6 @@ class Launcher:
             plot_run,
             write_jsonl,
             write_tensorboard,
-            write_wandb,
         )
 
         out = Path(self.config.logger.log_dir) / str(self.run_id)
@@ -403,10 +460,6 @@ class Launcher:
         (out / "config.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
         if self.config.logger.tensorboard_enabled:
             write_tensorboard(rows, out / "tensorboard")
-        if self.config.logger.wandb_enabled:
-            write_wandb(
-                rows, self.config.logger.wandb.project, self.config.logger.wandb.name, self.config_dict
-            )
         plot_run(rows, out / "run.png", title=f"run {self.run_id}: {run['status']}")
         return out
 
@@ -431,6 +484,14 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(rest)
     try:
         config = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"dapo {mode}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        check_layout(config)
+        check_model(config)
+        check_wandb(config)
+        _gpu_split(config)
     except ConfigError as exc:
         print(f"dapo {mode}: {exc}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from dapo import keys, rpc
 from dapo.config import RunConfig, parse_config
 from dapo.data import PromptCursor, PromptRow, load_from_config
+from dapo.prompts import render_text
 from dapo.v1 import reward_pb2, reward_pb2_grpc, rollout_pb2
 from dapo_controller.groups import Group, Sample, build_train_batch, sample_metrics, select_groups
 from dapo_controller.rollout_pool import RolloutPool
@@ -55,6 +56,12 @@ def _retryable(exc: BaseException) -> bool:
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
     )
+
+
+def epochs_done(cursor: PromptCursor, max_num_epochs: int | None) -> bool:
+    """NeMo RL's grpo.max_num_epochs: true once that many passes over the prompts are complete."""
+    finished = cursor.epoch + (cursor.position == len(cursor.rows))
+    return max_num_epochs is not None and finished >= max_num_epochs
 
 
 class RunLoop:
@@ -102,8 +109,8 @@ class RunLoop:
 
     async def _setup(self) -> None:
         cfg = self.config
-        self.train_rows = load_from_config(cfg.data)
-        self.val_rows: list[PromptRow] = load_from_config(cfg.data, validation=True)
+        self.train_rows = load_from_config(cfg.data, seed=cfg.grpo.seed)
+        self.val_rows: list[PromptRow] = load_from_config(cfg.data, validation=True, seed=cfg.grpo.seed)
         self.pool = RolloutPool(
             self.endpoints.rollout_addresses,
             cfg.services.rpc_timeout_s,
@@ -170,7 +177,7 @@ class RunLoop:
         validated = {
             int(x) for x in await self.redis.smembers(keys.controller_state(self.run_id) + ":validated")
         }
-        while step < cfg.grpo.max_num_steps:
+        while step < cfg.grpo.max_num_steps and not epochs_done(cursor, cfg.grpo.max_num_epochs):
             await self._check_stop()
             min_version = max(0, step - cfg.grpo.max_staleness)
             t0 = time.monotonic()
@@ -185,10 +192,10 @@ class RunLoop:
             metrics["time/wait_trainer"] = wait_trainer_s
             await self.store.add_metrics(self.run_id, metrics)
             step += 1
-        await self._wait_for_version(cfg.grpo.max_num_steps, "the trainer to apply the last batch")
+        await self._wait_for_version(step, "the trainer to apply the last batch")
         await self.store.update_run(self.run_id, policy_version=await self._trainer_version())
-        if cfg.grpo.max_num_steps not in validated and self.val_rows:
-            await self._validate(cfg.grpo.max_num_steps)
+        if step not in validated and self.val_rows:
+            await self._validate(step)
 
     def _validation_due(self, step: int) -> bool:
         grpo = self.config.grpo
@@ -287,16 +294,7 @@ class RunLoop:
             max_tokens=gen.max_new_tokens,
             stop=gen.stop,
         )
-        prompts = [
-            rollout_pb2.Prompt(
-                chat=rollout_pb2.ChatPrompt(
-                    messages=[
-                        rollout_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in row.messages
-                    ]
-                )
-            )
-            for row in rows
-        ]
+        prompts = [self._prompt(row) for row in rows]
         results = await self.pool.generate(prompts, sampling)
         groups = []
         for row, result in zip(rows, results, strict=True):
@@ -316,6 +314,15 @@ class RunLoop:
                 )
             groups.append(group)
         return groups
+
+    def _prompt(self, row: PromptRow) -> rollout_pb2.Prompt:
+        text = render_text(
+            row.messages, self.config.policy.tokenizer.chat_template, self.config.data.use_chat_template
+        )
+        if text is not None:
+            return rollout_pb2.Prompt(text=text)
+        messages = [rollout_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in row.messages]
+        return rollout_pb2.Prompt(chat=rollout_pb2.ChatPrompt(messages=messages))
 
     async def _score(self, groups: list[Group]) -> None:
         math_cfg = self.config.env.math

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from dapo_controller.loop import Endpoints, RunLoop
 from dapo_controller.settings import ControllerSettings
 from dapo_controller.store import RunStore
+from dapo_controller.wandb_log import start_follower
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,13 @@ class RunManager:
                 await self.store.update_run(run.id, status="failed", error=str(exc))
                 await self.store.add_event(run.id, "failed", str(exc))
                 continue
-            status = await loop.run()
+            follower = await start_follower(run.id, loop.config, redis)
+            if follower is None and loop.config.logger.wandb_enabled:
+                await self.store.add_event(run.id, "wandb_unavailable", "W&B logging could not start")
+            try:
+                status = await loop.run()
+            finally:
+                if follower is not None:
+                    await follower.close()
             log.info("run %s ended: %s", run.id, status)
             self.current = None

@@ -1,4 +1,5 @@
-"""Write a run's metrics where people look: JSONL (one object per step), TensorBoard, W&B, and a PNG.
+"""Write a run's metrics where people look: JSONL (one object per step), TensorBoard and a PNG (W&B is
+logged live by the controller: dapo_controller.wandb_log).
 
 Records arrive from several sources (controller, trainer, validation) with a `step` each; they are
 merged into one object per step. Keys look like `train/reward`, `val/accuracy`, `time/generate`.
@@ -60,17 +61,6 @@ def write_tensorboard(rows: list[dict[str, Any]], log_dir: Path) -> None:
             writer.add_scalar(key, value, step)
     finally:
         writer.close()
-
-
-def write_wandb(rows: list[dict[str, Any]], project: str, name: str | None, config: dict[str, Any]) -> None:
-    import wandb  # optional dependency: only when logger.wandb_enabled
-
-    run = wandb.init(project=project, name=name, config=config)
-    try:
-        for row in rows:
-            run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
-    finally:
-        run.finish()
 
 
 def plot_run(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:

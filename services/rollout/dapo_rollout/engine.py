@@ -56,6 +56,10 @@ class EngineOptions:
     """Fraction of GPU memory vLLM may take (GPU only)."""
     tensor_parallel_size: int = 1
     """GPUs one engine shards the model over (vLLM tensor parallelism; 1 on CPU)."""
+    enforce_eager: bool | None = None
+    """No CUDA graphs; None: eager on CPU, graphs on GPU."""
+    hf_overrides: dict[str, Any] = field(default_factory=dict)
+    """Values replacing those of the model's config.json."""
     seed: int = 0
     """Engine seed."""
     wait_for_weights: bool = False
@@ -159,9 +163,10 @@ def engine_args(opts: EngineOptions, device: str) -> Any:
         dtype=opts.dtype or ("float32" if is_cpu else "auto"),  # type: ignore[arg-type]  # checked by argparse
         max_model_len=opts.max_model_len,  # type: ignore[arg-type]  # None: the model's own length
         seed=opts.seed,
-        enforce_eager=is_cpu,
+        enforce_eager=is_cpu if opts.enforce_eager is None else opts.enforce_eager,
         gpu_memory_utilization=opts.gpu_memory_utilization,
         tensor_parallel_size=opts.tensor_parallel_size,
+        hf_overrides=dict(opts.hf_overrides),
         logprobs_mode="processed_logprobs",
         load_format="dummy" if opts.wait_for_weights else "auto",
         worker_extension_cls="dapo_rollout.worker_extension.WeightReloadExtension",
@@ -258,6 +263,12 @@ class RolloutEngine:
             tokenize=False,
             add_generation_prompt=True,
         )
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of plain text, without special tokens (the prompt is sent as it is)."""
+        if not text:
+            raise ValueError("a text prompt must not be empty")
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def check_prompt(self, index: int, token_ids: Sequence[int], max_tokens: int) -> None:

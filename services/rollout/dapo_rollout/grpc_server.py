@@ -101,8 +101,10 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
             ids = list(prompt.token_ids.ids)
         elif kind == "chat":
             ids = self.engine.render_chat([(m.role, m.content) for m in prompt.chat.messages])
+        elif kind == "text":
+            ids = self.engine.tokenize(prompt.text)
         else:
-            raise ValueError(f"prompt {index}: neither token_ids nor chat is set")
+            raise ValueError(f"prompt {index}: none of token_ids, chat and text is set")
         self.engine.check_prompt(index, ids, max_tokens)
         return ids
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
+
+from dapo.hub import NotInCacheError, resolve_model_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,6 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="GPUs to shard the model over (vLLM tensor parallelism); auto = every visible GPU (1 on CPU)",
     )
+    eager = p.add_mutually_exclusive_group()
+    eager.add_argument("--enforce-eager", dest="enforce_eager", action="store_true", default=None)
+    eager.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false")
+    p.add_argument("--hf-overrides", type=json.loads, default={}, help="JSON object over config.json")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--allow-inflight-updates",
@@ -51,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(
             f"--tensor-parallel-size must be 'auto' or a whole number >= 1, got {args.tensor_parallel_size}"
         )
+    try:
+        args.model = str(resolve_model_dir(args.model, "--model"))
+    except NotInCacheError as exc:
+        p.error(str(exc))
     if not os.path.isfile(os.path.join(args.model, "config.json")):
         p.error(f"--model {args.model}: no config.json there (expected a Hugging Face model directory)")
     return args
@@ -81,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             max_model_len=args.max_model_len,
             gpu_memory_utilization=args.gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size(args.tensor_parallel_size),
+            enforce_eager=args.enforce_eager,
+            hf_overrides=args.hf_overrides,
             seed=args.seed,
             wait_for_weights=args.wait_for_weights,
             initial_version=args.version,

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,14 @@ def save_checkpoint(
     export_dtype: str,
     ctx: DistContext,
     keep_top_k: int | None,
+    metric_of: Mapping[int, float] | None = None,
+    higher_is_better: bool = True,
 ) -> Path:
-    """Collective: every rank calls it; rank 0 commits. `full_state_dict` is used on rank 0 only."""
+    """Collective: every rank calls it; rank 0 commits. `full_state_dict` is used on rank 0 only.
+
+    Afterwards `keep_top_k` checkpoints survive, ranked by `metric_of[version]` when given (see
+    `versions_to_keep`), plus the newest.
+    """
     final = root / f"step_{state.version}"
     partial = root / f"step_{state.version}.tmp"
     if ctx.is_main:
@@ -118,19 +125,48 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
-        _prune(root, keep_top_k)
+        _prune(root, keep_top_k, metric_of, higher_is_better)
         log.info("checkpoint %s committed (%d batches in the ledger)", final, len(state.ledger))
     barrier(ctx)
     return final
 
 
-def _prune(root: Path, keep_top_k: int | None) -> None:
+def versions_to_keep(
+    versions: list[int],
+    keep_top_k: int,
+    metric_of: Mapping[int, float] | None = None,
+    higher_is_better: bool = True,
+) -> set[int]:
+    """NeMo RL's retention: the best `keep_top_k` by metric (ties and versions without a value ranked by
+    recency, after every version with one), or the newest `keep_top_k` without a metric; and the newest
+    always, since a restart resumes from it."""
+    if not versions:
+        return set()
+    if metric_of is None:
+        ranked = sorted(versions, reverse=True)
+    else:
+        sign = 1.0 if higher_is_better else -1.0
+
+        def key(version: int) -> tuple[bool, float, int]:
+            has = version in metric_of
+            return (has, sign * metric_of[version] if has else 0.0, version)
+
+        ranked = sorted(versions, key=key, reverse=True)
+    return set(ranked[:keep_top_k]) | {max(versions)}
+
+
+def _prune(
+    root: Path, keep_top_k: int | None, metric_of: Mapping[int, float] | None, higher_is_better: bool
+) -> None:
     for path in root.glob("step_*.tmp"):
         shutil.rmtree(path, ignore_errors=True)
     if keep_top_k is None:
         return
-    for _, path in complete_checkpoints(root)[:-keep_top_k]:
-        shutil.rmtree(path)
+    found = complete_checkpoints(root)
+    keep = versions_to_keep([v for v, _ in found], keep_top_k, metric_of, higher_is_better)
+    for version, path in found:
+        if version not in keep:
+            shutil.rmtree(path)
 
 
 def restore_latest(

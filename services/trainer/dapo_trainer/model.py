@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from dapo.algo import fused_policy_loss, token_logprobs
+from dapo.hub import resolve_model_dir
 
 WRAPPER_PREFIX = "causal_lm."
 
@@ -36,16 +37,6 @@ class ModelInfo:
     pad_token_id: int
     checkpoint_dtype: str  # the dtype the directory's weights are stored in (vLLM's dtype=auto)
     tie_word_embeddings: bool
-
-
-def resolve_model_dir(name: str) -> Path:
-    """A local directory, or the snapshot of `name` in the local Hugging Face cache (no download)."""
-    path = Path(name)
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(name, local_files_only=True))
 
 
 def read_model_info(model_name: str, tokenizer_name: str | None) -> ModelInfo:
@@ -63,7 +54,9 @@ def read_model_info(model_name: str, tokenizer_name: str | None) -> ModelInfo:
         pad = pad[0]
     return ModelInfo(
         model_dir=model_dir,
-        tokenizer_dir=resolve_model_dir(tokenizer_name) if tokenizer_name else model_dir,
+        tokenizer_dir=resolve_model_dir(tokenizer_name, "policy.tokenizer.name")
+        if tokenizer_name
+        else model_dir,
         vocab_size=int(text_config["vocab_size"]),
         pad_token_id=int(pad),
         checkpoint_dtype=dtype,
@@ -177,11 +170,26 @@ class LogprobModel(nn.Module):
         return logp_BR.clone(), entropy_BR.clone() if entropy_BR is not None else None
 
 
-def load_model(info: ModelInfo, *, chunk_size: int, temperature: float) -> LogprobModel:
-    """The model in float32 master weights on the CPU (FSDP2 moves the shards to the device)."""
+def load_model(
+    info: ModelInfo,
+    *,
+    chunk_size: int,
+    temperature: float,
+    config_overrides: Mapping[str, Any] | None = None,
+    activation_checkpointing: bool = False,
+) -> LogprobModel:
+    """The model in float32 master weights on the CPU (FSDP2 moves the shards to the device).
+
+    `config_overrides` replace values of its config.json (NeMo RL's `policy.hf_config_overrides`);
+    `activation_checkpointing` recomputes each decoder layer in the backward pass.
+    """
     from transformers import AutoModelForCausalLM
 
-    causal_lm = AutoModelForCausalLM.from_pretrained(str(info.model_dir), dtype=torch.float32)
+    causal_lm = AutoModelForCausalLM.from_pretrained(
+        str(info.model_dir), dtype=torch.float32, **dict(config_overrides or {})
+    )
     causal_lm.config.use_cache = False
+    if activation_checkpointing:
+        causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     causal_lm.train()
     return LogprobModel(causal_lm, chunk_size=chunk_size, temperature=temperature)

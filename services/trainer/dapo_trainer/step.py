@@ -103,6 +103,8 @@ def train_on_batch(
         times.forward += clock.now() - start
 
     options = _loss_options(config)
+    # Our warm-up counts optimizer steps; NeMo RL's policy.scheduler counts training steps (batches).
+    per_optimizer_step = config.policy.scheduler is None
     raw_metrics: list[dict[str, float]] = []
     losses: list[float] = []
     grad_norms: list[float] = []
@@ -140,13 +142,16 @@ def train_on_batch(
             grad_norm = grad_norm.full_tensor()
         lrs.append(float(scheduler.get_last_lr()[0]))
         optimizer.step()
-        scheduler.step()
+        if per_optimizer_step:
+            scheduler.step()
         if ctx.world_size > 1:
             dist.all_reduce(step_loss)
         times.optimizer += clock.now() - start
         losses.append(float(step_loss))
         grad_norms.append(float(grad_norm))
 
+    if not per_optimizer_step:
+        scheduler.step()
     gathered = gather_to_main((raw_metrics, num_tokens, times), ctx)
     result = BatchResult(times=times, num_optimizer_steps=len(plan))
     if gathered is None:

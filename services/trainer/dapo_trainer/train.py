@@ -10,6 +10,7 @@ checkpoint plus the redelivered batches give the parameters of an uninterrupted 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -83,14 +84,13 @@ class RunIO:
 
 
 def setup_model(config: RunConfig, info: ModelInfo, ctx: DistContext) -> LogprobModel:
-    if config.loss_fn.reference_policy_kl_penalty > 0:
-        raise ValueError(
-            "loss_fn.reference_policy_kl_penalty > 0 needs a reference model, which the trainer does not "
-            "keep: set it to 0"
-        )
     torch.manual_seed(config.grpo.seed)
     model = load_model(
-        info, chunk_size=config.policy.logprob_chunk_size, temperature=config.policy.generation.temperature
+        info,
+        chunk_size=config.policy.logprob_chunk_size,
+        temperature=config.policy.generation.temperature,
+        config_overrides=config.policy.hf_config_overrides,
+        activation_checkpointing=config.policy.dtensor_cfg.activation_checkpointing,
     )
     return shard_model(model, config.policy.precision, ctx)
 
@@ -172,7 +172,28 @@ class Run:
             self.weights_dtype,
             self.ctx,
             checkpointing.keep_top_k,
+            self.metric_by_version(),
+            checkpointing.higher_is_better,
         )
+
+    def metric_by_version(self) -> dict[int, float] | None:
+        """Rank 0: `checkpointing.metric_name` of each policy version, from the run's metric records.
+
+        `val:<m>` is the validation of step s, which ran with version s; `train:<m>` is the training
+        record of step s, whose batch produced version s + 1.
+        """
+        name = self.config.checkpointing.metric_name
+        if name is None or self.io is None:
+            return None
+        source, _, metric = name.partition(":")
+        key, shift = f"{source}/{metric}", 0 if source == "val" else 1
+        found: dict[int, float] = {}
+        for _, fields in self.io.redis.xrange(keys.metrics_stream(self.run_id)):
+            record = json.loads(fields[b"data"])
+            value = record.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                found[int(record["step"]) + shift] = float(value)
+        return found
 
 
 def train(config: RunConfig, run_id: str, services: Services) -> str:
@@ -180,7 +201,7 @@ def train(config: RunConfig, run_id: str, services: Services) -> str:
     ctx = services.ctx
     info = read_model_info(config.policy.model_name, config.policy.tokenizer.name)
     model = setup_model(config, info, ctx)
-    optimizer, scheduler = build_optimizer(model, config.policy.optimizer)
+    optimizer, scheduler = build_optimizer(model, config.policy.optimizer, config.policy.scheduler)
     state = setup_state(config, run_id, model, optimizer, scheduler, ctx)
     run = Run(
         run_id=run_id,
