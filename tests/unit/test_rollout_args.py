@@ -18,7 +18,10 @@ def test_tensor_parallel_defaults_to_every_visible_gpu() -> None:
 
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 1
     assert tensor_parallel_size("auto") == visible  # every visible GPU; 1 on CPU
-    assert tensor_parallel_size("4") == 4
+    assert (
+        tensor_parallel_size(4) == 4
+        and parse_args(["--model", MODEL, "--tensor-parallel-size", "2"]).tensor_parallel_size == 2
+    )
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
@@ -26,4 +29,4 @@ def test_bad_tensor_parallel_size_is_refused(value: str, capsys: pytest.CaptureF
     with pytest.raises(SystemExit) as exc:
         parse_args(["--model", MODEL, "--tensor-parallel-size", value])
     assert exc.value.code == 2
-    assert "--tensor-parallel-size must be 'auto' or a whole number >= 1" in capsys.readouterr().err
+    assert "--tensor-parallel-size: must be 'auto' or a whole number >= 1" in capsys.readouterr().err

@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument(
         "--tensor-parallel-size",
+        type=_tensor_parallel_flag,
         default="auto",
         help="GPUs to shard the model over (vLLM tensor parallelism); auto = every visible GPU (1 on CPU)",
     )
@@ -52,12 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization}")
     if args.poll_seconds <= 0:
         p.error(f"--poll-seconds must be positive, got {args.poll_seconds}")
-    if args.tensor_parallel_size != "auto" and (
-        not args.tensor_parallel_size.isdigit() or int(args.tensor_parallel_size) < 1
-    ):
-        p.error(
-            f"--tensor-parallel-size must be 'auto' or a whole number >= 1, got {args.tensor_parallel_size}"
-        )
     try:
         args.model = str(resolve_model_dir(args.model, "--model"))
     except NotInCacheError as exc:
@@ -67,7 +62,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def tensor_parallel_size(flag: str) -> int:
+def _tensor_parallel_flag(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a whole number >= 1, got {value}")
+    return int(value)
+
+
+def tensor_parallel_size(flag: int | str) -> int:
     """The flag's number, or with 'auto' every GPU this process sees (CUDA_VISIBLE_DEVICES or the
     devices a container was given); 1 without a GPU."""
     if flag != "auto":
