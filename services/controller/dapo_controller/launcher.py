@@ -336,7 +336,10 @@ class Launcher:
                 self.supervise()
                 try:
                     run = self._get_run()
-                    since = int(self.records[-1]["step"]) if self.records else 0
+                    # From the trainer's last step: in an asynchronous run the controller's records run ahead.
+                    since = max(
+                        (int(r["step"]) for r in self.records if r.get("source") == "trainer"), default=0
+                    )
                     new = httpx.get(
                         f"{self.controller_url}/v1/runs/{self.run_id}/metrics",
                         params={"since": since},
