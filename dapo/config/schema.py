@@ -404,7 +404,13 @@ class ServicesConfig(Section):
     trainer_restart_timeout_s: float = Field(300.0, gt=0)
     """A trainer silent for longer than this fails the run."""
     rollout_timeout_s: float = Field(600.0, gt=0)
-    """With no rollout server serving the needed policy version for this long, the run fails."""
+    """With no rollout server serving the needed policy version for this long, the run fails (also when
+    the servers that were serving it restart: the run waits for one to come back)."""
+    trainer_progress_timeout_s: float = Field(1800.0, gt=0)
+    """While the run waits for a newer policy version, a trainer that heartbeats but applies no batch
+    for this long (a stuck step or collective) fails the run."""
+    redis_timeout_s: float = Field(60.0, gt=0)
+    """Every service retries an unreachable Redis, with back-off, for this long before giving up."""
 
     @field_serializer("redis_url")
     def _without_password(self, url: str | None) -> str | None:
@@ -479,6 +485,17 @@ class RunConfig(Section):
                 "loss_fn.use_importance_sampling_correction is false: samples from an older policy are "
                 "then trained on without a correction, which was unstable in bench/RESULTS.md "
                 '("Ablations"); set loss_fn.use_importance_sampling_correction: true',
+                ConfigWarning,
+                stacklevel=2,
+            )
+        gen = self.policy.generation
+        if self.loss_fn.use_importance_sampling_correction and (gen.top_p < 1 or gen.top_k > 0):
+            warnings.warn(
+                f"loss_fn.use_importance_sampling_correction is true with policy.generation.top_p="
+                f"{gen.top_p} / top_k={gen.top_k}: the rollout's log-probs come from the truncated "
+                "(renormalised) distribution and the trainer's from the full one, so the importance "
+                "weights exp(old_logp - rollout_logp) are biased low on every sampled token; set top_p: 1.0 "
+                "and top_k: -1, or turn the correction off",
                 ConfigWarning,
                 stacklevel=2,
             )

@@ -1,11 +1,13 @@
 """The controller's FastAPI application: the REST API, health, Prometheus metrics, the dashboard.
 
-`create_app(settings)` builds it; its lifespan connects Redis, puts the RunStore on `app.state` and,
+`create_app(settings)` builds it; its lifespan connects Redis (retrying through a restart), puts the RunStore on `app.state` and,
 unless `settings.run_loop` is false, starts the RunManager that drives the active run.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +23,10 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dapo import __version__, auth, keys
 from dapo_controller import api, dashboard
@@ -66,17 +72,29 @@ EXPORTED = (
 )
 
 
+READY_TIMEOUT_S = 2.0
+
+
+def redis_client(url: str, retry_s: float) -> aioredis.Redis:
+    """A client whose commands survive a Redis restart: connection errors and timeouts are retried
+    with exponential back-off (capped at 1 s) for about `retry_s` seconds (redis-py's own Retry)."""
+    backoff = ExponentialBackoff(cap=1.0, base=0.05)
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        retry=Retry(backoff, retries=math.ceil(retry_s) + 5),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        **auth.redis_options(url),
+    )
+
+
 def create_app(settings: ControllerSettings | None = None) -> FastAPI:
     settings = settings or ControllerSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=10,
-            socket_connect_timeout=5,
-            **auth.redis_options(settings.redis_url),
-        )
+        client = redis_client(settings.redis_url, settings.redis_retry_s)
         app.state.store = RunStore(client)
         manager = None
         if settings.run_loop:
@@ -114,11 +132,12 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"], responses={503: {"description": "Redis unreachable"}})
     async def readyz(request: Request) -> JSONResponse:
-        """Ready when Redis answers."""
+        """Ready when Redis answers (within READY_TIMEOUT_S: the client's retries are not waited for)."""
         try:
-            await request.app.state.store.redis.ping()
-        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
-            return JSONResponse(status_code=503, content={"status": "unavailable", "reason": str(exc)})
+            await asyncio.wait_for(request.app.state.store.redis.ping(), READY_TIMEOUT_S)
+        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError, TimeoutError) as exc:
+            reason = str(exc) or f"no answer within {READY_TIMEOUT_S} s"
+            return JSONResponse(status_code=503, content={"status": "unavailable", "reason": reason})
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)

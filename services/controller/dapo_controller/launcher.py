@@ -275,6 +275,8 @@ class Launcher:
                 publisher_port,
                 "--metrics-port",
                 str(free_port()),
+                "--redis-retry-timeout",
+                str(cfg.services.redis_timeout_s),
             ]
             if nproc > 1:
                 cmd = [
@@ -307,6 +309,8 @@ class Launcher:
                     ",".join(self.rollout_addresses),
                     "--reward-address",
                     self.reward_address,
+                    "--redis-retry-timeout",
+                    str(cfg.services.redis_timeout_s),
                 ],
                 logs / "controller.log",
             )
@@ -410,19 +414,30 @@ class Launcher:
         ]
         with Progress(*columns, transient=False) as progress:
             task = progress.add_task("run", total=total, info="starting services")
+            answered = time.monotonic()
             while True:
                 self.supervise()
                 try:
-                    run = self.http.get(f"{self.controller_url}/v1/runs/{self.run_id}", timeout=10).json()
-                    since = int(self.records[-1]["step"]) if self.records else 0
+                    run = self._get_run()
+                    # From the trainer's last step: in an asynchronous run the controller's records run ahead.
+                    since = max(
+                        (int(r["step"]) for r in self.records if r.get("source") == "trainer"), default=0
+                    )
                     new = self.http.get(
                         f"{self.controller_url}/v1/runs/{self.run_id}/metrics",
                         params={"since": since},
                         timeout=10,
                     ).json()
                 except httpx.TransportError:  # the controller is restarting; supervise() watches it
+                    silent_s = time.monotonic() - answered
+                    if silent_s > self.config.services.redis_timeout_s + 60:
+                        raise RuntimeError(
+                            f"the controller has not answered for {silent_s:.0f} s (Redis down longer than "
+                            f"services.redis_timeout_s?); see {self.work_dir / 'services'}"
+                        ) from None
                     time.sleep(1.0)
                     continue
+                answered = time.monotonic()
                 seen = {json.dumps(r, sort_keys=True) for r in self.records if int(r["step"]) >= since}
                 for record in new:
                     if json.dumps(record, sort_keys=True) not in seen:
@@ -445,6 +460,18 @@ class Launcher:
                 if run["status"] in TERMINAL:
                     return run
                 time.sleep(1.0)
+
+    def _get_run(self) -> dict[str, Any]:
+        """The run's record; a 5xx (Redis restarting behind the controller) reads as a transport error."""
+        reply = self.http.get(f"{self.controller_url}/v1/runs/{self.run_id}", timeout=10)
+        if reply.status_code == 404:
+            raise RuntimeError(
+                f"run {self.run_id} is gone from Redis: Redis lost its state (restarted without persistence?)"
+            )
+        if reply.status_code >= 500:
+            raise httpx.TransportError(f"the controller answered {reply.status_code}")
+        reply.raise_for_status()
+        return dict(reply.json())
 
     def write_outputs(self, run: dict[str, Any]) -> Path:
         from dapo_controller.reporting import (

@@ -7,7 +7,15 @@ trainer has applied batch s - max_staleness - 1 (its policy version is at least 
 by dropping any sample whose policy version is older than that. Policy versions count per run (each run's
 trainer starts at 0 on the same rollout servers), so rollout servers are used only while they serve this
 run's weights, and a sample generated under another run's weights is dropped like a stale one.
-Every wait has a deadline.
+
+Every wait has a deadline from `services.*` and, when it does not end at once, a `waiting` event that
+says what the run waits for and until when. The run fails, with the reason, when the trainer is silent
+past `trainer_restart_timeout_s`, heartbeats without applying a batch for `trainer_progress_timeout_s`,
+rejects a batch (its dead-letter stream) or reports an exception (`keys.trainer_error`), and when no
+rollout server serves the needed version for `rollout_timeout_s` (servers that restart are waited for).
+Redis outages are retried by the client (ControllerSettings.redis_retry_s); a Redis that came back
+without this run's state (restarted without persistence) fails the run with a message saying so,
+never a silent start from step 0.
 """
 
 from __future__ import annotations
@@ -30,11 +38,32 @@ from dapo.data import PromptCursor, PromptRow, load_from_config
 from dapo.prompts import render_text
 from dapo.v1 import reward_pb2, reward_pb2_grpc, rollout_pb2
 from dapo_controller.groups import Group, Sample, build_train_batch, sample_metrics, select_groups
-from dapo_controller.rollout_pool import RolloutPool
+from dapo_controller.rollout_pool import NoHealthyServerError, RolloutPool
 from dapo_controller.store import RunStore
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2
+WAIT_NOTICE_S = 2.0  # a wait still unfinished after this long gets a `waiting` event
+LOST_STATE = (
+    "Redis lost this run's state (its record or loop state is gone: was Redis restarted without "
+    "persistence?); the run cannot resume"
+)
+
+# KEYS: batch stream, loop-state hash; ARGV: expected step, next step, cursor JSON, then the batch's
+# field/value pairs. Queues the batch and advances the loop state in one step, only if the loop state
+# still says `expected step` (missing counts as step 0): a command retried after a dropped connection
+# never queues a batch twice, and a Redis that lost the loop state is noticed. Returns 1 (queued),
+# 2 (already queued: the state says `next step`) or 0 (the state is neither).
+_COMMIT_BATCH = """
+local step = redis.call('HGET', KEYS[2], 'step') or '0'
+if step == ARGV[2] then return 2 end
+if step ~= ARGV[1] then return 0 end
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', KEYS[1], '*', unpack(fields))
+redis.call('HSET', KEYS[2], 'step', ARGV[2], 'cursor', ARGV[3])
+return 1
+"""
 
 
 class RunStopped(Exception):
@@ -81,6 +110,7 @@ class RunLoop:
         self.pool: RolloutPool | None = None
         self.reward_channel: grpc.aio.Channel | None = None
         self._trainer_lost_since: float | None = None
+        self._commit_batch = redis.register_script(_COMMIT_BATCH)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -102,6 +132,10 @@ class RunLoop:
             )
         finally:
             await self._close()
+        if await self.store.get_run(self.run_id) is None:
+            # Redis came back empty: record the failure so that the user sees why.
+            status, error = "failed", LOST_STATE
+            await self.store.restore_failed(self.run_id, self.config, error)
         await self.store.update_run(self.run_id, status=status, error=error, finished_at=time.time())
         await self.store.add_event(self.run_id, status, error or f"run {status}")
         await self._release_trainer()
@@ -169,6 +203,8 @@ class RunLoop:
         if b"cursor" in state:
             cursor = PromptCursor.from_state(self.train_rows, json.loads(state[b"cursor"]))
             return int(state[b"step"]), cursor
+        if await self._trainer_version() > 0:
+            raise RunFailed(LOST_STATE)  # the trainer went on, but the loop's own state is gone
         return 0, PromptCursor(self.train_rows, seed=cfg.grpo.seed, shuffle=cfg.data.shuffle)
 
     async def _train(self) -> None:
@@ -256,13 +292,13 @@ class RunLoop:
         kept = kept[:wanted]
         batch = build_train_batch(self.run_id, step, kept, cfg)
         # The batch and the loop state that produced it are committed together.
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(keys.batch_stream(self.run_id), batch.to_fields())
-            pipe.hset(
-                keys.controller_state(self.run_id),
-                mapping={"step": step + 1, "cursor": json.dumps(cursor.state())},
-            )
-            await pipe.execute()
+        fields = [x for pair in batch.to_fields().items() for x in pair]
+        committed = await self._commit_batch(
+            keys=[keys.batch_stream(self.run_id), keys.controller_state(self.run_id)],
+            args=[step, step + 1, json.dumps(cursor.state()), *fields],
+        )
+        if not committed:
+            raise RunFailed(f"step {step}: {LOST_STATE}")
         kept_versions = [s.version for g in kept for s in g.samples]
         metrics: dict[str, Any] = {"step": step, "source": "controller", **sample_metrics(generated)}
         metrics.update(
@@ -295,7 +331,7 @@ class RunLoop:
             stop=gen.stop,
         )
         prompts = [self._prompt(row) for row in rows]
-        results = await self.pool.generate(prompts, sampling)
+        results = await self._generate_waiting(prompts, sampling)
         groups = []
         for row, result in zip(rows, results, strict=True):
             group = Group(
@@ -323,6 +359,22 @@ class RunLoop:
             return rollout_pb2.Prompt(text=text)
         messages = [rollout_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in row.messages]
         return rollout_pb2.Prompt(chat=rollout_pb2.ChatPrompt(messages=messages))
+
+    async def _generate_waiting(
+        self, prompts: list[rollout_pb2.Prompt], sampling: rollout_pb2.SamplingParams
+    ) -> list[rollout_pb2.PromptResult]:
+        """Generate; when every server is out (restarting, the last one included), wait for one to
+        serve the needed version again, within services.rollout_timeout_s of the first failure."""
+        assert self.pool is not None
+        deadline: float | None = None
+        while True:
+            try:
+                return await self.pool.generate(prompts, sampling)
+            except NoHealthyServerError as exc:
+                if deadline is None:
+                    deadline = time.monotonic() + self.config.services.rollout_timeout_s
+                    await self.store.add_event(self.run_id, "rollout_unavailable", str(exc))
+                await self._wait_for_servers(self.pool.required_version, deadline=deadline)
 
     async def _score(self, groups: list[Group]) -> None:
         math_cfg = self.config.env.math
@@ -372,7 +424,7 @@ class RunLoop:
     async def _check_stop(self) -> None:
         record = await self.store.get_run(self.run_id)
         if record is None:
-            raise RunFailed("the run record disappeared from Redis")
+            raise RunFailed(LOST_STATE)
         if record.stop_requested:
             raise RunStopped()
 
@@ -396,23 +448,78 @@ class RunLoop:
         raw = await self.redis.get(keys.policy_version(self.run_id))
         return int(raw) if raw is not None else -1
 
+    async def _check_trainer_faults(self) -> None:
+        """RunFailed if the trainer rejected a batch of this run or reported an exception."""
+        letters = await self.redis.xrange(keys.dead_letter_stream(self.run_id), count=1)
+        if letters:
+            fields = letters[0][1]
+            batch_id = fields.get(b"batch_id", b"?").decode(errors="replace")
+            reason = fields.get(b"reason", b"").decode(errors="replace")
+            raise RunFailed(
+                f"the trainer rejected batch {batch_id} (dead-letter stream "
+                f"{keys.dead_letter_stream(self.run_id)}): {reason}"
+            )
+        error = await self.redis.hgetall(keys.trainer_error(self.run_id))
+        if error:
+            rank = error.get(b"rank", b"?").decode()
+            raise RunFailed(f"the trainer (rank {rank}) raised {error.get(b'message', b'').decode()}")
+
+    async def _announce_wait(self, what: str, until_monotonic: float, setting: str) -> None:
+        until = time.time() + (until_monotonic - time.monotonic())
+        clock = time.strftime("%H:%M:%S", time.localtime(until))
+        await self.store.add_event(
+            self.run_id,
+            "waiting",
+            f"waiting for {what} until {clock} ({setting})",
+            waiting_for=what,
+            until=until,
+        )
+
     async def _wait_for_version(self, version: int, what: str) -> None:
-        timeout = self.config.services.trainer_restart_timeout_s
-        while await self._trainer_version() < version:
+        services = self.config.services
+        started = time.monotonic()
+        seen = await self._trainer_version()
+        progress_deadline = started + services.trainer_progress_timeout_s
+        announced = False
+        while (current := await self._trainer_version()) < version:
             await self._check_stop()
+            await self._check_trainer_faults()
             if not await self._trainer_alive():
                 raise RunFailed(
-                    f"waiting for {what}: the trainer sent no heartbeat for {timeout:.0f} s "
-                    "(services.trainer_restart_timeout_s) and did not come back"
+                    f"waiting for {what}: the trainer sent no heartbeat for "
+                    f"{services.trainer_restart_timeout_s:.0f} s (services.trainer_restart_timeout_s) "
+                    "and did not come back"
+                )
+            now = time.monotonic()
+            if current != seen or self._trainer_lost_since is not None:
+                # Progress (or a restart, which has its own deadline): the clock starts again.
+                seen, progress_deadline = current, now + services.trainer_progress_timeout_s
+            elif now > progress_deadline:
+                raise RunFailed(
+                    f"waiting for {what}: the trainer heartbeats but its policy version stayed at {current} "
+                    f"for {services.trainer_progress_timeout_s:.0f} s (services.trainer_progress_timeout_s): "
+                    "a step or a collective is stuck"
+                )
+            if not announced and now - started > WAIT_NOTICE_S:
+                announced = True
+                await self._announce_wait(
+                    f"{what} (policy version {version}, now {current})",
+                    progress_deadline,
+                    "services.trainer_progress_timeout_s",
                 )
             await asyncio.sleep(POLL_S)
+        await self._check_trainer_faults()
         await self._wait_for_servers(version)
 
-    async def _wait_for_servers(self, version: int) -> None:
-        """Until at least one healthy rollout server serves this run's `version` or newer."""
+    async def _wait_for_servers(self, version: int, deadline: float | None = None) -> None:
+        """Until at least one healthy rollout server serves this run's `version` or newer, by
+        `deadline` (monotonic; default services.rollout_timeout_s from now)."""
         assert self.pool is not None
         self.pool.required_version = version
-        deadline = time.monotonic() + self.config.services.rollout_timeout_s
+        started = time.monotonic()
+        if deadline is None:
+            deadline = started + self.config.services.rollout_timeout_s
+        announced = False
         while True:
             healthy = await self.pool.probe()
             if healthy:
@@ -423,7 +530,13 @@ class RunLoop:
             if time.monotonic() > deadline:
                 raise RunFailed(
                     f"no healthy rollout server reached policy version {version} of run {self.run_id} within "
-                    f"services.rollout_timeout_s (servers: {', '.join(self.endpoints.rollout_addresses)})"
+                    f"services.rollout_timeout_s ({self.config.services.rollout_timeout_s:.0f} s; servers: "
+                    f"{', '.join(self.endpoints.rollout_addresses)})"
                 )
             await self._check_stop()
+            if not announced and time.monotonic() - started > WAIT_NOTICE_S:
+                announced = True
+                await self._announce_wait(
+                    f"a rollout server at policy version {version}", deadline, "services.rollout_timeout_s"
+                )
             await asyncio.sleep(POLL_S)

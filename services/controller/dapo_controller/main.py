@@ -28,6 +28,12 @@ def main(argv: list[str]) -> int:
         help="require this bearer token on mutating endpoints (default: $DAPO_API_TOKEN or the file "
         "$DAPO_API_TOKEN_FILE names; prefer those: a command line is visible to other local users)",
     )
+    parser.add_argument(
+        "--redis-retry-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to retry an unreachable Redis (back-off) before a command fails",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -49,6 +55,7 @@ def main(argv: list[str]) -> int:
         api_token=args.api_token or auth.api_token(),
         rollout_addresses=[a for a in args.rollout_addresses.split(",") if a],
         reward_address=args.reward_address,
+        redis_retry_s=args.redis_retry_timeout,
     )
     uvicorn.run(
         create_app(settings),

@@ -46,6 +46,17 @@ class RunManager:
         return Endpoints(rollout_addresses=rollout, reward_address=reward)
 
     async def _supervise(self) -> None:
+        while True:
+            try:
+                await self._drive_next()
+            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                # Redis stayed down past the client's retries: wait, then pick the active run up again
+                # (it is still `running` in Redis and resumes like after a controller restart).
+                log.error("Redis unavailable: %s; retrying", exc)
+                self.current = None
+                await asyncio.sleep(max(self.poll_s, 1.0))
+
+    async def _drive_next(self) -> None:
         redis: aioredis.Redis = self.store.redis
         while True:
             run = await self.store.active_run() or await self.store.next_pending()

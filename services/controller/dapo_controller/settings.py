@@ -26,3 +26,6 @@ class ControllerSettings(BaseModel):
     """Reward gRPC server; none: the run config's."""
     run_loop: bool = True
     """Drive runs (false: API only)."""
+    redis_retry_s: float = Field(60.0, gt=0)
+    """Each Redis command is retried with back-off for about this long while Redis is unreachable
+    (a restart); then the error reaches the caller."""

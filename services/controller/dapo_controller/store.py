@@ -136,6 +136,24 @@ class RunStore:
         assert created is not None
         return created
 
+    async def restore_failed(self, run_id: str, config: RunConfig, error: str) -> None:
+        """Write back the record of a run whose state Redis lost, as failed with `error`."""
+        now = time.time()
+        record = {
+            "id": run_id,
+            "status": "failed",
+            "error": error,
+            "finished_at": now,
+            "created_at": now,
+            "config": json.dumps(config.model_dump(mode="json")),
+            "latest_metrics": "{}",
+            "stop_requested": "0",
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.run_record(run_id), mapping=record)
+            pipe.zadd(keys.runs_index(), {run_id: now})
+            await pipe.execute()
+
     async def get_run(self, run_id: str) -> RunRecord | None:
         raw = await self.redis.hgetall(keys.run_record(run_id))
         if not raw:

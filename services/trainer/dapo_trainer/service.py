@@ -5,6 +5,11 @@ serves `--run-id` with `--config` (or the run record's `config`) — and shares 
 background thread on rank 0 refreshes `keys.trainer_heartbeat()` (SET with a TTL, value JSON
 {run_id, version, pid, step}). Redis that stays unreachable past the retry budget ends the process
 with exit status 1 and the reason in the log.
+
+Any other exception while serving a run is reported to that run before the process exits (the
+hash `keys.trainer_error(run_id)` and a `trainer_error` event): the controller fails the run with it
+instead of waiting for a trainer that crash-loops. Every rank reports its own exception, except a
+collective that failed because a peer died (that peer reports, or its silence is the heartbeat's).
 """
 
 from __future__ import annotations
@@ -157,7 +162,13 @@ def serve(options: TrainerOptions) -> int:
                 follow_assignment=options.run_id is None,
                 heartbeat=heartbeat,
             )
-            reason = train(config, run_id, services)
+            try:
+                reason = train(config, run_id, services)
+            except RedisUnavailable:
+                raise
+            except Exception as exc:
+                report_trainer_error(options.redis_url, run_id, ctx.rank, exc)
+                raise
             finished.add(run_id)
             if outlet is not None:
                 # Versions restart at 0 in the next run: it gets a fresh publisher (same port).
@@ -199,3 +210,27 @@ def _open_outlet(
         push_timeout_s=config.services.rpc_timeout_s,
         on_push_failure=on_push_failure,
     )
+
+
+def report_trainer_error(redis_url: str, run_id: str, rank: int, exc: BaseException) -> None:
+    """Tell the run that this rank raised `exc` (best effort: the process is about to exit anyway)."""
+    import torch.distributed as dist
+
+    if rank != 0 and isinstance(exc, dist.DistError):
+        return  # a peer's failure seen through a collective: not this rank's to report
+    message = f"{type(exc).__name__}: {exc}"
+    log.error("run %s: rank %d raised %s", run_id, rank, message)
+    record = {"message": message, "rank": str(rank), "time": str(time.time()), "pid": str(os.getpid())}
+    event = {"kind": "trainer_error", "message": f"trainer rank {rank} raised {message}", "time": time.time()}
+    client = redis_lib.Redis.from_url(
+        redis_url, socket_timeout=5.0, socket_connect_timeout=5.0, **auth.redis_options(redis_url)
+    )
+    try:
+        with client.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.trainer_error(run_id), mapping=record)
+            pipe.xadd(keys.events_stream(run_id), {"data": json.dumps({**event, "source": "trainer"})})
+            pipe.execute()
+    except redis_lib.RedisError as report_exc:
+        log.warning("could not report the error to run %s: %s", run_id, report_exc)
+    finally:
+        client.close()
