@@ -122,7 +122,12 @@ class Launcher:
 
     # --- services ----------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, with_controller: bool = True) -> None:
+        """Start Redis (unless given) and every service the config gives no address for.
+
+        Without the controller, the rest serve the runs of controllers started elsewhere (each
+        `dapo run` given their addresses through services.* and $REDIS_URL starts only its own).
+        """
         cfg = self.config
         if not self.redis_url:
             self.redis_server = RedisServer(appendonly=True)
@@ -217,27 +222,31 @@ class Launcher:
             self.services.append(ServiceProcess("trainer", cmd, logs / "trainer.log", env=env))
         self.controller_port = free_port()
         self.controller_url = f"http://127.0.0.1:{self.controller_port}"
-        self.services.append(
-            ServiceProcess(
-                "controller",
-                [
-                    *py,
-                    "controller",
-                    "--redis-url",
-                    self.redis_url,
-                    "--port",
-                    str(self.controller_port),
-                    "--rollout-addresses",
-                    ",".join(self.rollout_addresses),
-                    "--reward-address",
-                    self.reward_address,
-                ],
-                logs / "controller.log",
-            )
-        )
+        if with_controller:
+            self.services.append(self._controller_service(logs, py))
         for service in self.services:
             service.start()
-        self._wait_ready()
+        if with_controller:
+            self._wait_ready()
+
+    def _controller_service(self, logs: Path, py: list[str]) -> ServiceProcess:
+        assert self.redis_url is not None and self.reward_address is not None  # set by start()
+        return ServiceProcess(
+            "controller",
+            [
+                *py,
+                "controller",
+                "--redis-url",
+                self.redis_url,
+                "--port",
+                str(self.controller_port),
+                "--rollout-addresses",
+                ",".join(self.rollout_addresses),
+                "--reward-address",
+                self.reward_address,
+            ],
+            logs / "controller.log",
+        )
 
     def _wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
