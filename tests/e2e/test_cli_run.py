@@ -64,9 +64,10 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
     try:
         launcher.start(with_controller=False)
         [rollout] = launcher.rollout_addresses
+        # Up is enough: it serves once a run's trainer publishes (each run's controller waits for that).
         deadline = time.monotonic() + 180
-        while not check_grpc(rollout, "", timeout_s=1.0)[0]:
-            assert time.monotonic() < deadline, f"the rollout server {rollout} did not become healthy"
+        while check_grpc(rollout, "", timeout_s=1.0)[1].endswith(("UNAVAILABLE", "DEADLINE_EXCEEDED")):
+            assert time.monotonic() < deadline, f"the rollout server {rollout} did not start"
             launcher.supervise()
             time.sleep(1.0)
         assert launcher.redis_url is not None
