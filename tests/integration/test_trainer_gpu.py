@@ -1,8 +1,14 @@
-"""The trainer on a CUDA GPU: NCCL process group, bfloat16 forward/backward with float32 master weights."""
+"""The trainer on a CUDA GPU: NCCL process group, bfloat16 forward/backward with float32 master weights.
+
+The ranks' own report (tests/integration/trainer_probe.py) is checked for each of those claims, and
+for CUDA memory having been used; tests/integration/test_trainer_probe.py shows on CPU that the same
+check names a gloo/CPU fallback. Then the trainer service trains two batches and exports.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,8 +20,19 @@ from dapo_trainer.synthetic import make_batch
 
 from dapo import keys
 from dapo.local_redis import free_port
+from tests.integration.trainer_probe import gpu_run_problems, run_probe
 
 pytestmark = pytest.mark.gpu
+
+
+def test_the_ranks_use_nccl_bfloat16_compute_float32_masters_and_cuda(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    import torch
+
+    num_ranks = min(2, torch.cuda.device_count())
+    ranks = run_probe(tiny_model_dir, tmp_path / "probe", "bfloat16", num_ranks)
+    assert gpu_run_problems(ranks, "bfloat16", num_ranks) == []
 
 
 def test_bfloat16_run_on_gpu_trains_and_exports(
@@ -41,10 +58,11 @@ def test_bfloat16_run_on_gpu_trains_and_exports(
     }
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
+    loss_tokens: dict[int, float] = {}
     for step in range(2):
-        redis_client.xadd(
-            keys.batch_stream(run_id), make_batch(run_id, step, num_sequences=8, vocab_size=512).to_fields()
-        )
+        batch = make_batch(run_id, step, num_sequences=8, vocab_size=512)
+        loss_tokens[step] = float(sum(int(m.sum()) for m in batch.loss_mask))
+        redis_client.xadd(keys.batch_stream(run_id), batch.to_fields())
     log = tmp_path / "trainer.log"
     with log.open("w") as handle:
         proc = subprocess.Popen(
@@ -64,7 +82,12 @@ def test_bfloat16_run_on_gpu_trains_and_exports(
     assert code == 0, log.read_text()[-4000:]
     records = [json.loads(f[b"data"]) for _, f in redis_client.xrange(keys.metrics_stream(run_id))]
     assert [r["version"] for r in records] == [1, 2]
-    assert all(r["train/loss"] is not None for r in records)
+    for record in records:
+        assert math.isfinite(record["train/loss"]), record
+        assert math.isfinite(record["train/grad_norm"]) and record["train/grad_norm"] > 0, record
+        assert record["train/num_optimizer_steps"] == 2.0  # 8 sequences, global batch 4
+        assert record["train/num_loss_tokens"] == loss_tokens[record["step"]], record
+        assert record["train/tokens_per_s"] > 0, record
     export = tmp_path / "checkpoints" / run_id / "step_2" / "hf"
     trained = load_file(export / "model.safetensors")
     initial = load_file(tiny_model_dir / "model.safetensors")

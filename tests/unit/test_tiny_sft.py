@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("transformers")
+from tests.conftest import require_module
+
+require_module("transformers", "the train extra installs it")
 
 from dapo.tiny.sft import WarmStartConfig, file_sha256, make_tiny_model  # noqa: E402
 

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("transformers")
+from tests.conftest import require_module
+
+require_module("transformers", "the train extra installs it")
 
 from dapo.tiny.model import MODEL_CONFIG  # noqa: E402
 from dapo.tiny.sft import WarmStartConfig, file_sha256  # noqa: E402

@@ -11,6 +11,7 @@ import pytest
 from dapo_rollout.weight_update import ShmStagingAssembler, StagingFile, StaleVersionError, WeightUpdater
 
 from dapo.weights import TensorBytes, WeightUpdateError, encode_update
+from tests.conftest import require_module
 
 SPECS = {"w": ("float32", (16, 8)), "h": ("float16", (5,)), "e": ("float32", (0,))}
 
@@ -142,7 +143,7 @@ def test_a_refused_update_leaves_the_engine_untouched_and_the_next_one_applies(t
 
 
 def test_expected_tensors_from_the_config_equal_the_checkpoints(tiny_model_dir: Path, tmp_path: Path) -> None:
-    pytest.importorskip("transformers")
+    require_module("transformers", "the train extra installs it")
     import shutil
 
     from dapo_rollout.weight_update import expected_specs_from_dir

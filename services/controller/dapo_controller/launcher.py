@@ -27,6 +27,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +179,9 @@ class Launcher:
         self.work_dir = work_dir
         self.redis_server: RedisServer | None = None
         self.services: list[ServiceProcess] = []
+        # Guards `services` and each service's restart: supervise() runs in the launcher's thread while
+        # another (an operator's tool, the fault tests) may kill or drop a service.
+        self._services_lock = threading.RLock()
         self.redis_url = os.environ.get("REDIS_URL") or config.services.redis_url
         self.run_id: str | None = None
         configured_token = auth.service_token()
@@ -194,7 +198,12 @@ class Launcher:
 
     # --- services ----------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, with_controller: bool = True) -> None:
+        """Start Redis (unless given) and every service the config gives no address for.
+
+        Without the controller, the rest serve the runs of controllers started elsewhere (each
+        `dapo run` given their addresses through services.* and $REDIS_URL starts only its own).
+        """
         cfg = self.config
         if not self.redis_url:
             password = auth.redis_password() or auth.new_token()
@@ -295,30 +304,34 @@ class Launcher:
             self.services.append(ServiceProcess("trainer", cmd, logs / "trainer.log", env=env))
         self.controller_port = free_port()
         self.controller_url = f"{self.scheme}://127.0.0.1:{self.controller_port}"
-        self.services.append(
-            ServiceProcess(
-                "controller",
-                [
-                    *py,
-                    "controller",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.controller_port),
-                    "--rollout-addresses",
-                    ",".join(self.rollout_addresses),
-                    "--reward-address",
-                    self.reward_address,
-                    "--redis-retry-timeout",
-                    str(cfg.services.redis_timeout_s),
-                ],
-                logs / "controller.log",
-            )
-        )
+        if with_controller:
+            self.services.append(self._controller_service(logs, py))
         for service in self.services:
             service.env = {**secret_env, **service.env}
             service.start()
-        self._wait_ready()
+        if with_controller:
+            self._wait_ready()
+
+    def _controller_service(self, logs: Path, py: list[str]) -> ServiceProcess:
+        assert self.redis_url is not None and self.reward_address is not None  # set by start()
+        return ServiceProcess(
+            "controller",
+            [
+                *py,
+                "controller",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.controller_port),
+                "--rollout-addresses",
+                ",".join(self.rollout_addresses),
+                "--reward-address",
+                self.reward_address,
+                "--redis-retry-timeout",
+                str(self.config.services.redis_timeout_s),
+            ],
+            logs / "controller.log",
+        )
 
     def _wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -336,22 +349,48 @@ class Launcher:
 
     def supervise(self) -> None:
         """Restart services that died, within their budget; record it as a run event."""
-        for service in self.services:
-            code = service.exit_code()
-            if code is None:
-                continue
-            if service.restarts >= service.max_restarts:
-                raise RuntimeError(
-                    f"service {service.name} exited with code {code} and was restarted {service.restarts} times "
-                    f"already; its log ends with:\n{service.tail()}"
+        with self._services_lock:
+            for service in list(self.services):
+                code = service.exit_code()
+                if code is None:
+                    continue
+                if service.restarts >= service.max_restarts:
+                    raise RuntimeError(
+                        f"service {service.name} exited with code {code} and was restarted "
+                        f"{service.restarts} times already; its log ends with:\n{service.tail()}"
+                    )
+                service.restarts += 1
+                self._event(
+                    "service_restart",
+                    f"{service.name} exited with code {code}; restarting "
+                    f"({service.restarts}/{service.max_restarts})",
                 )
-            service.restarts += 1
-            self._event(
-                "service_restart",
-                f"{service.name} exited with code {code}; restarting "
-                f"({service.restarts}/{service.max_restarts})",
-            )
-            service.start()
+                service.start()
+
+    def service(self, name: str) -> ServiceProcess:
+        """The supervised service called `name` (KeyError naming the ones there are)."""
+        with self._services_lock:
+            for service in self.services:
+                if service.name == name:
+                    return service
+            raise KeyError(f"no service '{name}'; running: {', '.join(s.name for s in self.services)}")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, *, restart: bool = True) -> subprocess.Popen[bytes]:
+        """Send `sig` to service `name`'s process group; returns the process signalled.
+
+        With `restart=False` the service is first dropped from supervision, so it stays down (and
+        `stop()` no longer waits for it). Atomic with respect to supervise(): the process signalled is
+        the one running now, and a dropped service is never restarted.
+        """
+        with self._services_lock:
+            service = self.service(name)
+            process = service.process
+            if process is None:
+                raise RuntimeError(f"service {name} was never started")
+            if not restart:
+                self.services.remove(service)
+            os.killpg(process.pid, sig)
+        return process
 
     def _event(self, kind: str, message: str) -> None:
         print(f"[dapo] {message}", file=sys.stderr)
@@ -368,7 +407,9 @@ class Launcher:
 
     def stop(self) -> None:
         # The controller first (it stops driving), then the workers, then Redis.
-        for service in reversed(self.services):
+        with self._services_lock:
+            services = list(self.services)
+        for service in reversed(services):
             service.stop()
         if self.redis_server is not None:
             self.redis_server.stop()
