@@ -372,6 +372,22 @@ class DataConfig(Section):
         return self
 
 
+class MathVerifyConfig(Section):
+    """math-verify's grading options (its `verify` arguments, same names and defaults), and ours."""
+
+    float_rounding: int = Field(6, ge=0, le=50)
+    """Decimal places numbers are rounded to before they are compared."""
+    numeric_precision: int = Field(15, ge=1, le=100)
+    """Significant digits of the numeric evaluation that decides whether two expressions are equal."""
+    strict: bool = True
+    """Variables must match by name (x+1 differs from y+1) and sets do not equal tuples."""
+    allow_set_relation_comp: bool = False
+    """A gold set may equal a relation (gold [-2, 7], answer -2 <= x <= 7); the reverse always does."""
+    string_comparison: bool = False
+    """A gold that does not parse as mathematics is compared as a string instead of scoring error
+    `unparsable_gold`."""
+
+
 class MathEnvConfig(Section):
     verifier: Literal["math_verify", "dapo", "dapo_boxed"] = "math_verify"
     """Answer checker: math-verify, DAPO's `Answer:` rule, or DAPO's strict last-\\boxed{} rule."""
@@ -383,6 +399,18 @@ class MathEnvConfig(Section):
     """Longer answers score as wrong with error `too_large`."""
     binary_reward: bool = False
     """Score 1/0 instead of DAPO's +1/-1."""
+    math_verify: MathVerifyConfig = Field(default_factory=MathVerifyConfig)
+    """Grading options of the `math_verify` verifier (a request may override each)."""
+
+    @model_validator(mode="after")
+    def _grading_options_need_math_verify(self) -> MathEnvConfig:
+        # Compared with the defaults, not with the keys set: a dumped and reloaded config sets them all.
+        if self.verifier != "math_verify" and self.math_verify != MathVerifyConfig():
+            raise ValueError(
+                f"env.math.math_verify: grading options apply only to verifier math_verify, "
+                f"got verifier {self.verifier!r}"
+            )
+        return self
 
 
 class EnvConfig(Section):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x64\x61po/v1/reward.proto\x12\x07\x64\x61po.v1\"?\n\tScoreItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08response\x18\x02 \x01(\t\x12\x14\n\x0cground_truth\x18\x03 \x01(\t\"S\n\x0cScoreRequest\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12!\n\x05items\x18\x02 \x03(\x0b\x32\x12.dapo.v1.ScoreItem\x12\x0e\n\x06\x62inary\x18\x03 \x01(\x08\"[\n\x0bScoreResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x03 \x01(\x08\x12\x11\n\textracted\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"3\n\nScoreReply\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.dapo.v1.ScoreResult2=\n\x06Reward\x12\x33\n\x05Score\x12\x15.dapo.v1.ScoreRequest\x1a\x13.dapo.v1.ScoreReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x64\x61po/v1/reward.proto\x12\x07\x64\x61po.v1\"?\n\tScoreItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08response\x18\x02 \x01(\t\x12\x14\n\x0cground_truth\x18\x03 \x01(\t\"\x91\x02\n\x11MathVerifyOptions\x12\x1b\n\x0e\x66loat_rounding\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1e\n\x11numeric_precision\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06strict\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12$\n\x17\x61llow_set_relation_comp\x18\x04 \x01(\x08H\x03\x88\x01\x01\x12\x1e\n\x11string_comparison\x18\x05 \x01(\x08H\x04\x88\x01\x01\x42\x11\n\x0f_float_roundingB\x14\n\x12_numeric_precisionB\t\n\x07_strictB\x1a\n\x18_allow_set_relation_compB\x14\n\x12_string_comparison\"\x84\x01\n\x0cScoreRequest\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12!\n\x05items\x18\x02 \x03(\x0b\x32\x12.dapo.v1.ScoreItem\x12\x0e\n\x06\x62inary\x18\x03 \x01(\x08\x12/\n\x0bmath_verify\x18\x04 \x01(\x0b\x32\x1a.dapo.v1.MathVerifyOptions\"[\n\x0bScoreResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x03 \x01(\x08\x12\x11\n\textracted\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"3\n\nScoreReply\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.dapo.v1.ScoreResult2=\n\x06Reward\x12\x33\n\x05Score\x12\x15.dapo.v1.ScoreRequest\x1a\x13.dapo.v1.ScoreReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SCOREITEM']._serialized_start=33
   _globals['_SCOREITEM']._serialized_end=96
-  _globals['_SCOREREQUEST']._serialized_start=98
-  _globals['_SCOREREQUEST']._serialized_end=181
-  _globals['_SCORERESULT']._serialized_start=183
-  _globals['_SCORERESULT']._serialized_end=274
-  _globals['_SCOREREPLY']._serialized_start=276
-  _globals['_SCOREREPLY']._serialized_end=327
-  _globals['_REWARD']._serialized_start=329
-  _globals['_REWARD']._serialized_end=390
+  _globals['_MATHVERIFYOPTIONS']._serialized_start=99
+  _globals['_MATHVERIFYOPTIONS']._serialized_end=372
+  _globals['_SCOREREQUEST']._serialized_start=375
+  _globals['_SCOREREQUEST']._serialized_end=507
+  _globals['_SCORERESULT']._serialized_start=509
+  _globals['_SCORERESULT']._serialized_end=600
+  _globals['_SCOREREPLY']._serialized_start=602
+  _globals['_SCOREREPLY']._serialized_end=653
+  _globals['_REWARD']._serialized_start=655
+  _globals['_REWARD']._serialized_end=716
 # @@protoc_insertion_point(module_scope)

@@ -16,15 +16,31 @@ class ScoreItem(_message.Message):
     ground_truth: str
     def __init__(self, id: _Optional[str] = ..., response: _Optional[str] = ..., ground_truth: _Optional[str] = ...) -> None: ...
 
+class MathVerifyOptions(_message.Message):
+    __slots__ = ("float_rounding", "numeric_precision", "strict", "allow_set_relation_comp", "string_comparison")
+    FLOAT_ROUNDING_FIELD_NUMBER: _ClassVar[int]
+    NUMERIC_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_SET_RELATION_COMP_FIELD_NUMBER: _ClassVar[int]
+    STRING_COMPARISON_FIELD_NUMBER: _ClassVar[int]
+    float_rounding: int
+    numeric_precision: int
+    strict: bool
+    allow_set_relation_comp: bool
+    string_comparison: bool
+    def __init__(self, float_rounding: _Optional[int] = ..., numeric_precision: _Optional[int] = ..., strict: _Optional[bool] = ..., allow_set_relation_comp: _Optional[bool] = ..., string_comparison: _Optional[bool] = ...) -> None: ...
+
 class ScoreRequest(_message.Message):
-    __slots__ = ("verifier", "items", "binary")
+    __slots__ = ("verifier", "items", "binary", "math_verify")
     VERIFIER_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     BINARY_FIELD_NUMBER: _ClassVar[int]
+    MATH_VERIFY_FIELD_NUMBER: _ClassVar[int]
     verifier: str
     items: _containers.RepeatedCompositeFieldContainer[ScoreItem]
     binary: bool
-    def __init__(self, verifier: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ..., binary: _Optional[bool] = ...) -> None: ...
+    math_verify: MathVerifyOptions
+    def __init__(self, verifier: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ..., binary: _Optional[bool] = ..., math_verify: _Optional[_Union[MathVerifyOptions, _Mapping]] = ...) -> None: ...
 
 class ScoreResult(_message.Message):
     __slots__ = ("id", "score", "correct", "extracted", "error")

@@ -1,4 +1,5 @@
-"""The reward service on loopback, over gRPC and REST: verdicts, hostile input, a killed worker."""
+"""The reward service on loopback, over gRPC and REST: verdicts, the last final answer, unparsable golds,
+grading options, hostile input, a killed worker."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from dapo_reward.scoring import ResultCache
 from dapo_reward.service import RewardOptions, RewardService
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
+from dapo.config.schema import MathVerifyConfig
 from dapo.v1 import reward_pb2, reward_pb2_grpc
 
 TIMEOUT_S = 2
@@ -57,7 +61,13 @@ def reward() -> Iterator[Running]:
         running.stop()
 
 
-def score_grpc(address: str, verifier: str, items: list[tuple[str, str]], binary: bool = False) -> list[Any]:
+def score_grpc(
+    address: str,
+    verifier: str,
+    items: list[tuple[str, str]],
+    binary: bool = False,
+    math_verify: dict[str, Any] | None = None,
+) -> list[Any]:
     with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 512 << 20)]) as channel:
         stub = reward_pb2_grpc.RewardStub(channel)
         request = reward_pb2.ScoreRequest(
@@ -66,18 +76,44 @@ def score_grpc(address: str, verifier: str, items: list[tuple[str, str]], binary
             items=[
                 reward_pb2.ScoreItem(id=str(i), response=r, ground_truth=g) for i, (r, g) in enumerate(items)
             ],
+            math_verify=reward_pb2.MathVerifyOptions(**(math_verify or {})),
         )
         return list(stub.Score(request, timeout=600).results)
 
 
-def score_rest(url: str, verifier: str, items: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    body = {
+def post_score(
+    url: str, verifier: str, items: list[tuple[str, str]], math_verify: dict[str, Any] | None = None
+) -> httpx.Response:
+    body: dict[str, Any] = {
         "verifier": verifier,
         "items": [{"id": str(i), "response": r, "ground_truth": g} for i, (r, g) in enumerate(items)],
     }
-    reply = httpx.post(f"{url}/v1/score", json=body, timeout=600)
+    if math_verify is not None:
+        body["math_verify"] = math_verify
+    return httpx.post(f"{url}/v1/score", json=body, timeout=600)
+
+
+def score_rest(
+    url: str, verifier: str, items: list[tuple[str, str]], math_verify: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    reply = post_score(url, verifier, items, math_verify)
     assert reply.status_code == 200, reply.text
     return reply.json()["results"]
+
+
+def score_both(
+    reward: Running, items: list[tuple[str, str]], math_verify: dict[str, Any] | None = None
+) -> list[tuple[bool, str]]:
+    """(correct, error) per item, the same over gRPC and over REST."""
+    over_grpc = [
+        (r.correct, r.error)
+        for r in score_grpc(reward.grpc_address, "math_verify", items, False, math_verify)
+    ]
+    over_rest = [
+        (r["correct"], r["error"]) for r in score_rest(reward.http_url, "math_verify", items, math_verify)
+    ]
+    assert over_grpc == over_rest
+    return over_grpc
 
 
 # (verifier, response, ground truth, expected correct)
@@ -144,6 +180,103 @@ def test_bad_requests_name_the_field(reward: Running) -> None:
         0,
         "ground_truth",
     ]
+
+
+# A model that corrects itself: its last final answer counts, the boxes before it do not join it.
+SELF_CORRECTIONS = [
+    ("My first guess is \\boxed{2}. Checking again, so the answer is \\boxed{3}.", "3", True),
+    ("My first guess is \\boxed{2}. Checking again, so the answer is \\boxed{3}.", "2", False),
+    ("\\boxed{2}, wait, no: \\boxed{3}", "3", True),
+    ("$x = \\boxed{5}$. Hmm, I dropped a sign: $x = \\boxed{-5}$", "-5", True),
+    ("I get \\boxed{7}.\nRechecking the carry, it is 8.\nAnswer: 8", "8", True),
+    ("The roots are \\boxed{-2} and \\boxed{1}.", "-2,1", True),  # one answer in two boxes
+]
+
+
+def test_the_last_final_answer_counts(reward: Running) -> None:
+    got = score_both(reward, [(response, gold) for response, gold, _ in SELF_CORRECTIONS])
+    assert got == [(correct, "") for _, _, correct in SELF_CORRECTIONS]
+
+
+# Golds that math-verify reads as no mathematical object (it would compare the first as a string).
+UNPARSABLE_GOLD = "$$x = \\frac{1}{2}, x = \\frac{-1 \\pm \\sqrt{13}}{4}$$"
+SAME_ANSWER = "$$\\boxed{x = \\frac{1}{2}, x = \\frac{-1 \\pm \\sqrt{13}}{4}}$$"
+
+
+def unparsable_gold_count(reward: Running) -> float:
+    families = text_string_to_metric_families(httpx.get(f"{reward.http_url}/metrics").text)
+    errors = next(f for f in families if f.name == "dapo_reward_errors")
+    return next(s.value for s in errors.samples if s.labels == {"error": "unparsable_gold"})
+
+
+def test_an_unparsable_gold_is_reported_not_compared(reward: Running) -> None:
+    before = unparsable_gold_count(reward)
+    items = [(SAME_ANSWER, UNPARSABLE_GOLD), ("\\boxed{1}", "\\frac{"), ("\\boxed{1}", "")]
+    assert score_both(reward, items) == [(False, "unparsable_gold")] * 3
+    assert unparsable_gold_count(reward) == before + 6  # over gRPC and over REST
+    # only when the caller asks for it is the gold compared as a string
+    asked = score_both(
+        reward, items[:1] + [("\\boxed{x = 1/2}", UNPARSABLE_GOLD)], {"string_comparison": True}
+    )
+    assert asked == [(True, ""), (False, "")]
+    assert unparsable_gold_count(reward) == before + 6
+
+
+# (response, gold, grading options of the request, correct)
+GRADED = [
+    ("\\boxed{0.333}", "\\frac{1}{3}", {}, False),
+    ("\\boxed{0.333}", "\\frac{1}{3}", {"float_rounding": 3}, True),
+    ("$f(y)$", "$f(x)$", {}, False),
+    ("$f(y)$", "$f(x)$", {"strict": False}, True),
+    ("$-2 \\le x \\le 7$", "$x \\in [-2,7]$", {}, False),
+    ("$-2 \\le x \\le 7$", "$x \\in [-2,7]$", {"allow_set_relation_comp": True}, True),
+]
+
+
+def test_grading_options_per_request(reward: Running) -> None:
+    for response, gold, options, correct in GRADED:
+        assert score_both(reward, [(response, gold)], options) == [(correct, "")], (response, options)
+
+
+def test_service_defaults_apply_and_a_request_overrides_them(reward: Running) -> None:
+    scorer = reward.service.scorer
+    defaults, cache = scorer.math_verify, scorer.cache
+    scorer.math_verify = MathVerifyConfig(float_rounding=3)  # as from env.math.math_verify
+    scorer.cache = ResultCache(100)  # verdicts under different options must not share a cache entry
+    try:
+        item = [("\\boxed{0.333}", "\\frac{1}{3}")]
+        assert score_both(reward, item) == [(True, "")]
+        assert score_both(reward, item, {"float_rounding": 6}) == [(False, "")]
+        assert score_both(reward, item, {"strict": True}) == [(True, "")]  # the others keep the defaults
+    finally:
+        scorer.math_verify, scorer.cache = defaults, cache
+
+
+def test_bad_grading_options_name_the_field(reward: Running) -> None:
+    item = [("\\boxed{1}", "1")]
+    for options, field in [
+        ({"float_rounding": -1}, "float_rounding"),
+        ({"numeric_precision": 0}, "numeric_precision"),
+    ]:
+        with pytest.raises(grpc.RpcError) as excinfo:
+            score_grpc(reward.grpc_address, "math_verify", item, math_verify=options)
+        assert excinfo.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"math_verify.{field}" in excinfo.value.details()
+        reply = post_score(reward.http_url, "math_verify", item, options)
+        assert reply.status_code == 422 and reply.json()["detail"][0]["loc"] == ["body", "math_verify", field]
+    reply = post_score(reward.http_url, "math_verify", item, {"rounding": 3})
+    assert reply.status_code == 422 and reply.json()["detail"][0]["loc"] == [
+        "body",
+        "math_verify",
+        "rounding",
+    ]
+    # grading options of math-verify do not apply to DAPO's rule
+    with pytest.raises(grpc.RpcError) as excinfo:
+        score_grpc(reward.grpc_address, "dapo", item, math_verify={"strict": False})
+    assert excinfo.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "math_verify: grading options apply only to verifier math_verify" in excinfo.value.details()
+    reply = post_score(reward.http_url, "dapo", item, {"strict": False})
+    assert reply.status_code == 422 and "apply only to verifier math_verify" in reply.json()["detail"]
 
 
 HOSTILE = [

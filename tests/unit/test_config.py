@@ -125,6 +125,15 @@ def test_override_file_values(tmp_path: Path) -> None:
         ),
         (["policy.precision=fp8"], "policy.precision: Input should be 'float32' or 'bfloat16'"),
         (["env.math.verifier=regex"], "env.math.verifier: Input should be"),
+        (
+            ["env.math.math_verify.float_rounding=-1"],
+            "env.math.math_verify.float_rounding: Input should be greater than or equal to 0",
+        ),
+        (["env.math.math_verify.precision=3"], "unknown key 'env.math.math_verify.precision'"),
+        (
+            ["env.math.verifier=dapo", "env.math.math_verify.strict=false"],
+            "env.math.math_verify: grading options apply only to verifier math_verify, got verifier 'dapo'",
+        ),
     ],
 )
 def test_bad_input_names_the_key(overrides: list[str], expected: str) -> None:
@@ -215,3 +224,26 @@ def test_config_imports_without_torch() -> None:
     code = "import sys, dapo.config, dapo.batch, dapo.weights, dapo.v1.rollout_pb2; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_grading_options_reach_the_reward_service(tmp_path: Path) -> None:
+    from dapo_reward.main import parse_options
+
+    assert load_config(None).env.math.math_verify.model_dump() == {
+        "float_rounding": 6,
+        "numeric_precision": 15,
+        "strict": True,
+        "allow_set_relation_comp": False,
+        "string_comparison": False,
+    }  # math-verify's own defaults, and no string comparison
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "env:\n  math:\n    timeout: 3\n    math_verify: {float_rounding: 3, string_comparison: true}\n"
+    )
+    options = parse_options(["--config", str(config), "--workers", "1"])
+    assert (options.workers, options.timeout) == (1, 3)
+    assert (options.math_verify.float_rounding, options.math_verify.string_comparison) == (3, True)
+    assert options.math_verify.numeric_precision == 15
+    # a dumped config (every key set) with DAPO's rule still loads: only changed grading options are an error
+    dumped = load_config(None, ["env.math.verifier=dapo"]).model_dump(mode="json")
+    assert parse_config(dumped).env.math.verifier == "dapo"

@@ -12,6 +12,8 @@ from dapo.grpc_errors import ErrorInterceptor
 from dapo.v1 import reward_pb2, reward_pb2_grpc
 from dapo_reward.scoring import Item, Scorer
 
+GRADING_FIELDS = [f.name for f in reward_pb2.MathVerifyOptions.DESCRIPTOR.fields]
+
 MAX_MESSAGE_BYTES = 512 << 20  # a 10,000-item batch of long answers
 SERVICE_NAME = "dapo.v1.Reward"
 
@@ -24,7 +26,9 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> reward_pb2.ScoreReply:  # noqa: N802
         items = [Item(i.id, i.response, i.ground_truth) for i in request.items]
-        results = await self.scorer.score(request.verifier or "math_verify", items, request.binary)
+        options = request.math_verify
+        overrides = {name: getattr(options, name) for name in GRADING_FIELDS if options.HasField(name)}
+        results = await self.scorer.score(request.verifier or "math_verify", items, request.binary, overrides)
         return reward_pb2.ScoreReply(
             results=[
                 reward_pb2.ScoreResult(

@@ -6,9 +6,14 @@ import argparse
 import asyncio
 import logging
 import signal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dapo_reward.service import RewardOptions
 
 
-def main(argv: list[str]) -> int:
+def parse_options(argv: list[str]) -> RewardOptions:
+    """The service's options: flags over the run config's env.math (grading options included)."""
     parser = argparse.ArgumentParser(prog="dapo reward", description=__doc__)
     parser.add_argument("--config", help="run config YAML whose env.math section gives the defaults")
     parser.add_argument("--host", default="127.0.0.1")
@@ -26,7 +31,7 @@ def main(argv: list[str]) -> int:
         math_cfg = load_config(args.config).env.math if args.config else MathEnvConfig()
         math_cfg = MathEnvConfig.model_validate(
             {
-                **math_cfg.model_dump(),
+                **math_cfg.model_dump(exclude_unset=True),
                 **{
                     k: v
                     for k, v in {
@@ -40,10 +45,9 @@ def main(argv: list[str]) -> int:
         )
     except (ConfigError, ValueError) as exc:
         parser.error(str(exc))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from dapo_reward.service import RewardOptions, RewardService
+    from dapo_reward.service import RewardOptions
 
-    options = RewardOptions(
+    return RewardOptions(
         host=args.host,
         grpc_port=args.grpc_port,
         http_port=args.http_port,
@@ -51,19 +55,27 @@ def main(argv: list[str]) -> int:
         timeout=math_cfg.timeout,
         max_response_chars=math_cfg.max_response_chars,
         cache_size=args.cache_size,
+        math_verify=math_cfg.math_verify,
     )
+
+
+def main(argv: list[str]) -> int:
+    options = parse_options(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from dapo_reward.service import RewardService
 
     async def serve() -> None:
         service = RewardService(options)
         await service.start()
         logging.getLogger("dapo_reward").info(
-            "reward service ready: gRPC %s:%d, REST %s:%d, %d workers, timeout %d s",
+            "reward service ready: gRPC %s:%d, REST %s:%d, %d workers, timeout %d s, math-verify %s",
             options.host,
             service.grpc_port,
             options.host,
             service.http_port,
             options.workers,
             options.timeout,
+            options.math_verify.model_dump(),
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dapo.config.schema import MathVerifyConfig
 from dapo_reward.scoring import MAX_ITEMS
 
 
@@ -23,6 +24,8 @@ class ScoreRequestModel(BaseModel):
     verifier: Literal["math_verify", "dapo", "dapo_boxed"] = "math_verify"
     binary: bool = False
     items: list[ScoreItemModel] = Field(max_length=MAX_ITEMS)
+    math_verify: MathVerifyConfig | None = None
+    """Grading options of verifier math_verify; the fields given override the service's defaults."""
 
 
 class ScoreResultModel(BaseModel):

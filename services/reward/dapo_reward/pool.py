@@ -29,7 +29,8 @@ from typing import Any
 from dapo_reward.verifiers import verify_item
 
 Verdict = tuple[bool, str, str]  # (correct, extracted, error)
-JobArgs = tuple[str, str, str, int]  # (verifier, response, ground truth, timeout seconds)
+Options = tuple[tuple[str, Any], ...]  # grading options as sorted (name, value) pairs: hashable
+JobArgs = tuple[str, str, str, int, Options]  # (verifier, response, ground truth, timeout s, options)
 
 MAX_CHUNK = 16
 
@@ -42,8 +43,8 @@ def _worker_main(conn: Connection) -> None:
             chunk = conn.recv()
         except (EOFError, KeyboardInterrupt):
             return
-        for job in chunk:
-            conn.send(verify_item(*job))
+        for verifier, response, ground_truth, timeout_s, options in chunk:
+            conn.send(verify_item(verifier, response, ground_truth, timeout_s, dict(options)))
 
 
 @dataclass
@@ -131,10 +132,11 @@ class WorkerPool:
         worker.process.join(5)
         worker.conn.close()
 
-    async def verify(self, verifier: str, response: str, ground_truth: str) -> Verdict:
+    async def verify(self, verifier: str, response: str, ground_truth: str, options: Options = ()) -> Verdict:
+        """`options`: math-verify's grading options (math-verify's defaults where absent)."""
         assert self._loop is not None and self._wakeup is not None, "WorkerPool.start() was not awaited"
         future: asyncio.Future[Verdict] = self._loop.create_future()
-        self._pending.append(_Job((verifier, response, ground_truth, self.timeout_s), future))
+        self._pending.append(_Job((verifier, response, ground_truth, self.timeout_s, options), future))
         self._wakeup.set()
         return await future
 

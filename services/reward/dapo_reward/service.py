@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import uvicorn
 
 from dapo import auth
+from dapo.config.schema import MathVerifyConfig
 from dapo_reward.grpc_server import build_grpc_server
 from dapo_reward.http_app import create_http_app
 from dapo_reward.pool import WorkerPool
@@ -24,13 +25,16 @@ class RewardOptions:
     timeout: int = 5
     max_response_chars: int = 100_000
     cache_size: int = 100_000
+    math_verify: MathVerifyConfig = field(default_factory=MathVerifyConfig)
 
 
 class RewardService:
     def __init__(self, options: RewardOptions) -> None:
         self.options = options
         self.pool = WorkerPool(options.workers, options.timeout)
-        self.scorer = Scorer(self.pool, options.max_response_chars, options.cache_size)
+        self.scorer = Scorer(
+            self.pool, options.max_response_chars, options.cache_size, math_verify=options.math_verify
+        )
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
 
