@@ -34,6 +34,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from dapo import keys, rpc
 from dapo.config import RunConfig, parse_config
+from dapo.config.schema import MathEnvConfig
 from dapo.data import PromptCursor, PromptRow, load_from_config
 from dapo.prompts import render_text
 from dapo.v1 import reward_pb2, reward_pb2_grpc, rollout_pb2
@@ -91,6 +92,22 @@ def epochs_done(cursor: PromptCursor, max_num_epochs: int | None) -> bool:
     """NeMo RL's grpo.max_num_epochs: true once that many passes over the prompts are complete."""
     finished = cursor.epoch + (cursor.position == len(cursor.rows))
     return max_num_epochs is not None and finished >= max_num_epochs
+
+
+def score_request(math_cfg: MathEnvConfig, items: list[tuple[str, str]]) -> reward_pb2.ScoreRequest:
+    """The Score call for (response, ground truth) pairs, ids their positions, under the run's
+    env.math settings (math-verify's grading options only with that verifier)."""
+    request = reward_pb2.ScoreRequest(
+        verifier=math_cfg.verifier,
+        binary=math_cfg.binary_reward,
+        items=[
+            reward_pb2.ScoreItem(id=str(i), response=response, ground_truth=truth)
+            for i, (response, truth) in enumerate(items)
+        ],
+    )
+    if math_cfg.verifier == "math_verify":
+        request.math_verify.CopyFrom(reward_pb2.MathVerifyOptions(**math_cfg.math_verify.model_dump()))
+    return request
 
 
 class RunLoop:
@@ -379,14 +396,7 @@ class RunLoop:
     async def _score(self, groups: list[Group]) -> None:
         math_cfg = self.config.env.math
         samples = [(g, s) for g in groups for s in g.samples]
-        request = reward_pb2.ScoreRequest(
-            verifier=math_cfg.verifier,
-            binary=math_cfg.binary_reward,
-            items=[
-                reward_pb2.ScoreItem(id=str(i), response=s.text, ground_truth=g.ground_truth)
-                for i, (g, s) in enumerate(samples)
-            ],
-        )
+        request = score_request(math_cfg, [(s.text, g.ground_truth) for g, s in samples])
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_retryable),
             stop=stop_after_attempt(6),
