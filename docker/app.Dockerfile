@@ -1,4 +1,5 @@
-# The controller and the reward service (targets `controller`, `reward`): dapo's base install, no torch.
+# The controller and the reward service (targets `controller`, `reward`): dapo's base install (no torch)
+# and wandb, with which the controller logs runs live when logger.wandb_enabled is set.
 # Build args: PYTHON_IMAGE (a Python 3.10+ Debian-like base; scripts/offline-images.sh makes a stand-in).
 # Build secret `pip_ca`: a CA bundle for pip behind a TLS-intercepting proxy (empty file: none).
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -11,7 +12,7 @@ WORKDIR /app
 COPY pyproject.toml docker/requirements.py ./
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi; \
-    python3 requirements.py > requirements.txt && pip install -r requirements.txt
+    python3 requirements.py wandb > requirements.txt && pip install -r requirements.txt
 COPY README.md ./
 COPY dapo ./dapo
 COPY services ./services

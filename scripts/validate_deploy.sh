@@ -42,7 +42,16 @@ PY
 fi
 
 echo "compose: $("$compose" version --short 2>/dev/null || true)"
+# The compose files refuse to start without their secrets; placeholders let `config` render them.
+export DAPO_SERVICE_TOKEN="${DAPO_SERVICE_TOKEN:-placeholder-token}" DAPO_REDIS_PASSWORD="${DAPO_REDIS_PASSWORD:-placeholder}"
 "$compose" -f docker-compose.yml config -q
+for secret in DAPO_SERVICE_TOKEN DAPO_REDIS_PASSWORD; do  # no deployment without its secrets
+  if ! env -u "$secret" "$compose" -f docker-compose.yml config -q 2>"$out/no-secret.err"; then
+    grep -q "$secret" "$out/no-secret.err" || { echo "compose refused without $secret but did not say so" >&2; exit 1; }
+  else
+    echo "compose must refuse to start without $secret" >&2; exit 1
+  fi
+done
 "$compose" -f docker-compose.yml -f docker-compose.cpu.yml config --format json > "$out/compose-cpu.json"
 for env in deploy/gpus-*.env; do  # every documented GPU layout
   name="$(basename "$env" .env)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -91,9 +92,14 @@ class ComposeStack:
         self.controller_port = free_port()
         self.prometheus_port = free_port()
         self.log_dir = log_dir
+        # Every secret set, as a deployment must: the service token, Redis's password, the REST token.
+        self.api_token = secrets.token_hex(16)
         self.env = {
             **os.environ,
             **extra_env,
+            "DAPO_SERVICE_TOKEN": secrets.token_hex(16),
+            "DAPO_REDIS_PASSWORD": secrets.token_hex(16),
+            "DAPO_API_TOKEN": self.api_token,
             "COMPOSE_BAKE": "false",
             "DAPO_CONTROLLER_PORT": str(self.controller_port),
             "DAPO_PROMETHEUS_PORT": str(self.prometheus_port),

@@ -71,7 +71,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
 
 
 def api(stack: ComposeStack, method: str, path: str, **kwargs: Any) -> Any:
-    reply = httpx.request(method, f"{stack.url}/v1{path}", timeout=30, **kwargs)
+    headers = {"Authorization": f"Bearer {stack.api_token}"}
+    reply = httpx.request(method, f"{stack.url}/v1{path}", timeout=30, headers=headers, **kwargs)
     reply.raise_for_status()
     return reply.json()
 
@@ -101,7 +102,7 @@ def redis_state(stack: ComposeStack, run_id: str) -> dict[str, Any]:
     """What Redis holds for the run, read inside the compose network (Redis publishes no port)."""
     code = f"""
 import json, os, redis
-r = redis.Redis.from_url(os.environ["REDIS_URL"])
+r = redis.Redis.from_url(os.environ["REDIS_URL"], password=os.environ["DAPO_REDIS_PASSWORD"])
 stream = {keys.batch_stream(run_id)!r}
 print(json.dumps({{
     "version": int(r.get({keys.policy_version(run_id)!r}) or 0),

