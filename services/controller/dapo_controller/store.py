@@ -127,10 +127,7 @@ class RunStore:
             "latest_metrics": "{}",
             "stop_requested": "0",
         }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.run_record(run_id), mapping=record)
-            pipe.zadd(keys.runs_index(), {run_id: now})
-            await pipe.execute()
+        await self._write_record(run_id, record, now)
         await self.add_event(run_id, "created", "run created")
         created = await self.get_run(run_id)
         assert created is not None
@@ -149,9 +146,13 @@ class RunStore:
             "latest_metrics": "{}",
             "stop_requested": "0",
         }
+        await self._write_record(run_id, record, now)
+
+    async def _write_record(self, run_id: str, record: dict[str, Any], created_at: float) -> None:
+        """The run's record hash and its place in the index, in one transaction."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.run_record(run_id), mapping=record)
-            pipe.zadd(keys.runs_index(), {run_id: now})
+            pipe.zadd(keys.runs_index(), {run_id: created_at})
             await pipe.execute()
 
     async def get_run(self, run_id: str) -> RunRecord | None:
