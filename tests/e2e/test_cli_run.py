@@ -54,6 +54,7 @@ def run_overrides(work: Path) -> list[str]:
 class Workers:
     redis_url: str
     overrides: list[str]  # the shared services' addresses
+    service_token: str  # theirs: each run's controller must present it
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
                 f"services.rollout_addresses=[{rollout}]",
                 f"services.weights_address={launcher.weights_address}",
             ],
+            launcher.service_token,
         )
     finally:
         launcher.stop()
@@ -92,7 +94,13 @@ def run_command(
         capture_output=True,
         text=True,
         timeout=timeout_s,
-        env={**os.environ, "REDIS_URL": workers.redis_url, "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
+        env={
+            **os.environ,
+            "REDIS_URL": workers.redis_url,
+            "DAPO_SERVICE_TOKEN": workers.service_token,
+            "OMP_NUM_THREADS": "1",
+            "COLUMNS": "200",
+        },
     )
 
 

@@ -6,7 +6,8 @@ config submitted over REST. One stack serves every check, in order:
 2. a run learns (held-out accuracy up) while the trainer container is SIGKILLed, the rollout container
    restarted and Redis restarted (append-only file on its volume): it succeeds, every batch applied
    exactly once, none lost;
-3. a run whose trainer is stopped and never comes back fails with the reason instead of hanging;
+3. a run whose trainer is stopped and never comes back, and one whose trainer raises, fail with the
+   reason instead of hanging;
 4. `down` and `up` again with the volumes kept: the finished run's record, metrics and checkpoint are
    still there;
 and the teardown removes every container, network and volume the test made.
@@ -162,7 +163,7 @@ def test_run_learns_through_trainer_kill_rollout_and_redis_restarts(stack: Compo
     assert sorted(state["queued"]) == sorted(expected) and state["pending"] == 0
     assert state["version"] == NUM_STEPS  # one version per batch
     kinds = Counter(e["kind"] for e in state["events"])
-    assert kinds["resumed"] >= 1, kinds  # the restarted trainer resumed from its checkpoint
+    assert kinds["trainer_ready"] >= 2 and kinds["rollout_back"] >= 1, kinds  # both came back and said so
 
     # The final checkpoint's ledger: every batch applied exactly once, versions 1..N in order.
     ledger = stack.python(
@@ -195,6 +196,19 @@ def test_a_trainer_that_never_comes_back_fails_the_run(stack: ComposeStack) -> N
         assert "trainer" in record["error"], record
     finally:
         stack.compose("start", "trainer", timeout=120)
+
+
+def test_a_trainer_that_raises_fails_the_run_with_its_error(stack: ComposeStack) -> None:
+    """The trainer cannot write its checkpoint (a file stands where the directory should be): the run
+    fails with the trainer's exception, instead of staying "running" while the container restarts."""
+    run_id = submit(stack, ["checkpointing.checkpoint_dir=/etc/hostname/ckpt", "checkpointing.save_period=1"])
+    wait_for(lambda: run_record(stack, run_id)["status"] != "running", 300, "the run to fail")
+    record = run_record(stack, run_id)
+    assert record["status"] == "failed" and "NotADirectoryError" in record["error"], record
+    assert "the trainer (rank 0) raised" in record["error"], record
+    wait_for(
+        lambda: "(healthy)" in stack.compose("ps", "trainer").stdout, 300, "the trainer to be healthy again"
+    )
 
 
 def test_records_metrics_and_checkpoint_survive_down_and_up(stack: ComposeStack) -> None:
