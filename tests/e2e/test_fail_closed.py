@@ -274,17 +274,20 @@ def test_the_only_rollout_server_restarting_is_waited_for(
 ) -> None:
     run = dapo_run(aof_redis.url)
     wait_for_step(run, 2)
-    # Aimed at a generation: the loop starts the next step's generation as soon as the trainer
-    # publishes a version, so kill just after one appears (the launcher restarts the server).
+    # Lost in the middle of a generation: the loop starts the next step's generation as soon as the
+    # trainer publishes a version, so freeze the server then (the Generate call it gets hangs), and
+    # kill it frozen (the call fails). The launcher restarts it.
     wait_for(lambda: run.version() >= 3, 480, "version 3")
-    time.sleep(0.3)
-    os.killpg(run.service("rollout").pid, signal.SIGKILL)
+    pgid = run.service("rollout").pid
+    os.killpg(pgid, signal.SIGSTOP)
+    time.sleep(3.0)
+    os.killpg(pgid, signal.SIGKILL)
     killed_at = time.time()
     assert_complete(run)
     events = run.events()
     kinds = [e["kind"] for e in events]
-    # Lost while it generated (`rollout_unavailable`) or while the loop waited for the trainer: either
-    # way the loop waits, visibly, for the restarted server.
+    # Lost while it generated: the loop waits, visibly and within its deadline, for the restarted server.
+    assert "rollout_unavailable" in kinds, kinds
     assert "rollout_lost" in kinds and "service_restart" in kinds and "rollout_back" in kinds
     waits = [e for e in events if e["kind"] == "waiting" and "rollout server" in e["message"]]
     assert waits and "services.rollout_timeout_s" in waits[0]["message"]
