@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -30,22 +31,22 @@ def test_step_buffer_hands_out_finished_steps_in_order() -> None:
     assert buffer.flush() == [{"step": 2, "val/accuracy": 0.7}]
 
 
-def test_a_run_is_logged_while_it_runs(redis_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
+def follow_and_log(redis_url: str, log_dir: str, out: str) -> None:
+    """In a process of its own (W&B keeps process-wide state that other tests of a session share):
+    feed a run's metric stream while the follower runs; write how many steps were logged live."""
     config = load_config(
         None,
         [
             "logger.wandb_enabled=true",
             "logger.wandb.project=dapo-test",
             "logger.wandb.name=follower",
-            f"logger.log_dir={tmp_path}",
+            f"logger.log_dir={log_dir}",
             "grpo.seed=7",
         ],
     )
 
-    async def scenario() -> list[dict]:
-        client = aioredis.Redis.from_url(redis_server.url)
+    async def scenario() -> int:
+        client = aioredis.Redis.from_url(redis_url)
         stream = keys.metrics_stream("run-wb")
 
         async def add(record: dict) -> None:
@@ -66,10 +67,23 @@ def test_a_run_is_logged_while_it_runs(redis_server, tmp_path: Path, monkeypatch
         await add({"step": 2, "source": "validation", "val/accuracy": 0.75})
         await follower.close()
         await client.aclose()
-        return [live]
+        return live
 
-    (live,) = asyncio.run(scenario())
-    assert live == 2
+    Path(out).write_text(json.dumps(asyncio.run(asyncio.wait_for(scenario(), 420))))
+
+
+def test_a_run_is_logged_while_it_runs(redis_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    process = multiprocessing.get_context("spawn").Process(
+        target=follow_and_log, args=(redis_server.url, str(tmp_path), str(tmp_path / "live.json"))
+    )
+    process.start()
+    process.join(480)  # W&B offline took from 4 s to over 2 minutes here to start and finish
+    if process.is_alive():
+        process.kill()
+    assert process.exitcode == 0, f"the follower's process ended with {process.exitcode}"
+    assert json.loads((tmp_path / "live.json").read_text()) == 2
     (run_dir,) = (tmp_path / "run-wb" / "wandb").glob("offline-run-*")
     rows, logged_config = read_offline_run(run_dir)
     by_step = {row["_step"]: row for row in rows}

@@ -44,6 +44,8 @@ from dapo.local_redis import RedisServer, free_port
 
 TERMINAL = {"succeeded", "failed", "stopped"}
 ROLLOUT_CPU_NICE = 10
+RECORD_GONE_GRACE_S = 60.0
+"""How long `follow` waits for the controller to write back the record of a run Redis lost."""
 
 
 @dataclass
@@ -184,6 +186,7 @@ class Launcher:
         self._services_lock = threading.RLock()
         self.redis_url = os.environ.get("REDIS_URL") or config.services.redis_url
         self.run_id: str | None = None
+        self._missing_since: float | None = None
         configured_token = auth.service_token()
         self.service_token = configured_token or auth.new_token()
         # A configured token (variable or file) reaches the services as it is; a new one is added.
@@ -506,9 +509,16 @@ class Launcher:
         """The run's record; a 5xx (Redis restarting behind the controller) reads as a transport error."""
         reply = self.http.get(f"{self.controller_url}/v1/runs/{self.run_id}", timeout=10)
         if reply.status_code == 404:
+            # Redis lost the record: the controller's loop writes it back as failed, with the reason, as
+            # soon as it notices; wait a while for that before saying so without it.
+            now = time.monotonic()
+            self._missing_since = self._missing_since or now
+            if now - self._missing_since < RECORD_GONE_GRACE_S:
+                raise httpx.TransportError(f"run {self.run_id} has no record (yet)")
             raise RuntimeError(
                 f"run {self.run_id} is gone from Redis: Redis lost its state (restarted without persistence?)"
             )
+        self._missing_since = None
         if reply.status_code >= 500:
             raise httpx.TransportError(f"the controller answered {reply.status_code}")
         reply.raise_for_status()
