@@ -50,7 +50,7 @@ def _child(variant: str, tokens: int, vocab: int, hidden: int, chunk_size: int) 
     import torch
     import torch.utils.checkpoint
 
-    from dapo.algo import fused_policy_loss, policy_loss, token_logprobs
+    from dapo.algo import LossOptions, fused_policy_loss, policy_loss, token_logprobs
 
     torch.set_num_threads(1)
 
@@ -76,7 +76,7 @@ def _child(variant: str, tokens: int, vocab: int, hidden: int, chunk_size: int) 
         return torch.cat(parts)
 
     num_sequences = 4
-    loss_options = {"ratio_clip_min": 0.2, "ratio_clip_max": 0.28}
+    loss_options = LossOptions(ratio_clip_min=0.2, ratio_clip_max=0.28)
 
     def step(
         hidden_TH: torch.Tensor, weight_VH: torch.Tensor, targets_T: torch.Tensor, old_logp_BT: torch.Tensor
@@ -93,7 +93,7 @@ def _child(variant: str, tokens: int, vocab: int, hidden: int, chunk_size: int) 
                 mask_BT,
                 global_denominator=old_logp_BT.numel(),
                 chunk_size=chunk_size,
-                **loss_options,
+                options=loss_options,
             )[0]
         else:
             logp_BT = logp_of(hidden_TH, weight_VH, targets_T).view(num_sequences, -1)
@@ -103,7 +103,7 @@ def _child(variant: str, tokens: int, vocab: int, hidden: int, chunk_size: int) 
                 advantages_B,
                 mask_BT,
                 global_denominator=logp_BT.numel(),
-                **loss_options,
+                options=loss_options,
             )
         loss.backward()
         return loss.item()

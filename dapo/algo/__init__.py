@@ -2,7 +2,7 @@
 
 `group_advantages`, `dynamic_sampling_filter`, `overlong_penalty` and `overlong_filter_mask` work on
 numpy arrays and Python lists and never import torch (the controller runs without it).
-`policy_loss`, `combine_metrics`, `loss_denominator`, `token_logprobs` and `fused_policy_loss` need
+`LossOptions`, `policy_loss`, `combine_metrics`, `loss_denominator`, `token_logprobs` and `fused_policy_loss` need
 torch; they are loaded lazily on first access, so `import dapo.algo` stays torch-free.
 """
 
@@ -17,6 +17,7 @@ _EXPORTS = {
     "DynamicSamplingResult": "dapo.algo.sampling",
     "overlong_penalty": "dapo.algo.shaping",
     "overlong_filter_mask": "dapo.algo.shaping",
+    "LossOptions": "dapo.algo.loss",
     "policy_loss": "dapo.algo.loss",
     "combine_metrics": "dapo.algo.loss",
     "loss_denominator": "dapo.algo.loss",
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from dapo.algo.advantages import group_advantages as group_advantages
     from dapo.algo.fused import fused_policy_loss as fused_policy_loss
     from dapo.algo.logprobs import token_logprobs as token_logprobs
+    from dapo.algo.loss import LossOptions as LossOptions
     from dapo.algo.loss import combine_metrics as combine_metrics
     from dapo.algo.loss import loss_denominator as loss_denominator
     from dapo.algo.loss import policy_loss as policy_loss

@@ -41,27 +41,33 @@ Limits:
   backward: (B, R, H) for hidden and (V, H) for W.
 - Backward scales the stored gradients in place and frees them: calling it twice (retain_graph) is
   not supported and raises. Higher-order gradients are not supported.
-- Each chunk calls `policy_loss`, which reads its metrics back to the host (a device sync per chunk).
+
+Inputs are checked once per call and the loss options once when `LossOptions` is built; the chunks
+use `dapo.algo.loss`'s per-token pieces directly and keep their metrics on the device, so a call reads
+back to the host twice (the target range check, the metrics), whatever the number of chunks.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 
-from dapo.algo.logprobs import _chunk_logits
-from dapo.algo.loss import _COMBINE, _check_aggregation, _check_mask, loss_denominator, policy_loss
-
-# policy_loss arguments that are per-token tensors: fused_policy_loss takes them under its own names
-# (and slices them per chunk), never through **policy_loss_options.
-_TENSOR_OPTIONS = {
-    "rollout_logp_BT": "rollout_logp_BR",
-    "ref_logp_BT": "ref_logp_BR",
-    "entropy_BT": "with_entropy",
-}
+from dapo.algo.logprobs import chunk_logits
+from dapo.algo.loss import (
+    LossOptions,
+    aggregate,
+    check_denominator,
+    check_mask,
+    loss_denominator,
+    merge_metric_tensors,
+    metric_tensors,
+    metrics_to_host,
+    token_losses,
+)
 
 _TOKEN_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
 # Largest temporary (elements) of the per-chunk log-softmax: 64 MiB in float32.
@@ -102,7 +108,7 @@ def _check_inputs(
     row_tensors: Mapping[str, torch.Tensor | None],
     chunk_size: int,
     temperature: float,
-    options: Mapping[str, Any],
+    options: LossOptions,
 ) -> None:
     if hidden_BRH.ndim != 3 or not hidden_BRH.is_floating_point():
         raise ValueError(
@@ -138,14 +144,11 @@ def _check_inputs(
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-    for key, replacement in _TENSOR_OPTIONS.items():
-        if key in options:
-            raise ValueError(f"{key} is not a fused_policy_loss option: pass {replacement} instead")
-    _check_aggregation(str(options.get("aggregation", "token-mean")))
-    if options.get("tis_cap") is not None and row_tensors["rollout_logp_BR"] is None:
-        raise ValueError("tis_cap is set but rollout_logp_BR is None: TIS needs the rollout log-probs")
-    if options.get("kl_coef", 0.0) > 0 and row_tensors["ref_logp_BR"] is None:
-        raise ValueError("kl_coef > 0 needs ref_logp_BR (the reference policy's log-probs)")
+    options.check_references(
+        has_rollout=row_tensors["rollout_logp_BR"] is not None,
+        has_ref=row_tensors["ref_logp_BR"] is not None,
+        suffix="BR",
+    )
 
 
 def _chunks(batch: int, length: int, chunk_size: int) -> list[tuple[slice, slice]]:
@@ -164,18 +167,6 @@ def _piece(tensor: torch.Tensor, rows: slice, columns: slice) -> torch.Tensor:
     return tensor[rows] if tensor.ndim == 1 else tensor[rows, columns]
 
 
-def _merge_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
-    """The chunks' raw metrics as one raw dict: sums and counts added, maxima maxed."""
-    merged: dict[str, float] = {}
-    for part in parts:
-        for key, value in part.items():
-            if key in merged and _COMBINE.get(key, ("", "sum"))[1] == "max":
-                merged[key] = max(merged[key], value)
-            else:
-                merged[key] = merged.get(key, 0.0) + value
-    return merged
-
-
 def _chunk_forward(
     hidden_CH: torch.Tensor,
     weight_VH: torch.Tensor,
@@ -188,7 +179,7 @@ def _chunk_forward(
     logsumexp and exp need a temporary the size of their input: taken over a few rows at a time, so
     that with the weight gradient already allocated the chunk costs one [C, V] buffer, not two."""
     with torch.no_grad():
-        logits_CV = _chunk_logits(hidden_CH, weight_VH, temperature)  # matmul 1
+        logits_CV = chunk_logits(hidden_CH, weight_VH, temperature)  # matmul 1
         entropy_C = torch.empty(
             logits_CV.shape[0] if with_entropy else 0, dtype=logits_CV.dtype, device=logits_CV.device
         )
@@ -229,6 +220,119 @@ def _chunk_gradients(
             grad_weight_VH.add_(grad_z_CV.T @ hidden_CH)
 
 
+class _Rows(NamedTuple):
+    """The per-row inputs of a batch, or of one chunk of it."""
+
+    old: torch.Tensor | None
+    advantages: torch.Tensor
+    is_token: torch.Tensor
+    rollout: torch.Tensor | None
+    ref: torch.Tensor | None
+
+    def piece(self, rows: slice, columns: slice) -> _Rows:
+        def cut(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else _piece(tensor, rows, columns)
+
+        return _Rows(
+            cut(self.old),
+            _piece(self.advantages, rows, columns),
+            _piece(self.is_token, rows, columns),
+            cut(self.rollout),
+            cut(self.ref),
+        )
+
+
+@dataclass
+class _Accumulator:
+    """What the chunks of one call fill in: log-probs, entropies, gradients, loss and metrics."""
+
+    logp_T: torch.Tensor
+    entropy_T: torch.Tensor | None
+    grad_hidden_TH: torch.Tensor | None
+    grad_weight_VH: torch.Tensor | None
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def empty(
+        cls,
+        hidden_TH: torch.Tensor,
+        weight_VH: torch.Tensor,
+        with_entropy: bool,
+        needs_hidden: bool,
+        needs_weight: bool,
+    ) -> _Accumulator:
+        tokens, device = hidden_TH.shape[0], hidden_TH.device
+        dtype = torch.promote_types(hidden_TH.dtype, torch.float32)
+        grad_weight_VH = None
+        if needs_weight:
+            # Summed over chunks in float32 at least, as token_logprobs' backward does for bf16 weights.
+            grad_dtype = torch.promote_types(weight_VH.dtype, torch.float32)
+            grad_weight_VH = torch.zeros(weight_VH.shape, dtype=grad_dtype, device=device)
+        return cls(
+            logp_T=torch.empty(tokens, dtype=dtype, device=device),
+            entropy_T=torch.empty(tokens, dtype=dtype, device=device) if with_entropy else None,
+            grad_hidden_TH=torch.empty_like(hidden_TH) if needs_hidden else None,
+            grad_weight_VH=grad_weight_VH,
+            loss=torch.zeros((), dtype=torch.float64, device=device),
+        )
+
+
+def _chunk_step(
+    acc: _Accumulator,
+    span: tuple[int, int, tuple[int, int]],
+    hidden_TH: torch.Tensor,
+    weight_VH: torch.Tensor,
+    targets_T: torch.Tensor,
+    pieces: _Rows,
+    options: LossOptions,
+    denominator: float,
+    temperature: float,
+    row_tokens: int | None,
+) -> None:
+    """One chunk (tokens first:last of the flat batch, `shape` rows x columns): forward, the loss on
+    its rows, and the chunk's gradient formed in its logits buffer. `pieces` are the per-row inputs
+    cut to the chunk; `row_tokens` is the whole row's token count when the chunk is a piece of a row
+    under "seq-mean-token-mean" (the piece divides by it), else None."""
+    first, last, shape = span
+    hidden_CH, targets_C = hidden_TH[first:last], targets_T[first:last]
+    with_entropy = acc.entropy_T is not None
+    logp_CV, logp_C, entropy_C = _chunk_forward(hidden_CH, weight_VH, targets_C, temperature, with_entropy)
+    acc.logp_T[first:last] = logp_C
+    if acc.entropy_T is not None and entropy_C is not None:
+        acc.entropy_T[first:last] = entropy_C
+    needs_grad = acc.grad_hidden_TH is not None or acc.grad_weight_VH is not None
+    # A detached leaf copy of the chunk's log-probs: the loss's graph ends there.
+    leaf_logp = logp_C.reshape(shape).detach().requires_grad_(needs_grad)
+    old_logp = logp_C.reshape(shape) if pieces.old is None else pieces.old
+    is_token = pieces.is_token
+    with torch.enable_grad():
+        terms = token_losses(
+            leaf_logp, old_logp, pieces.advantages, is_token, options, pieces.rollout, pieces.ref
+        )
+        if row_tokens is None:
+            loss_c = aggregate(terms.loss_BT, is_token, options, denominator)
+        else:
+            loss_c = terms.loss_BT.sum() / max(1, row_tokens) / denominator
+        if needs_grad:
+            (grad_logp,) = torch.autograd.grad(loss_c, leaf_logp, allow_unused=True)
+            if grad_logp is None:
+                grad_logp = torch.zeros_like(leaf_logp)
+            _chunk_gradients(
+                logp_CV,
+                grad_logp.detach().reshape(-1) / temperature,
+                targets_C,
+                hidden_CH,
+                weight_VH,
+                None if acc.grad_hidden_TH is None else acc.grad_hidden_TH[first:last],
+                acc.grad_weight_VH,
+            )
+    entropy = None if entropy_C is None else entropy_C.reshape(shape)
+    part = metric_tensors(terms, is_token, options, old_logp, pieces.rollout, entropy)
+    merge_metric_tensors(acc.metrics, part)
+    acc.loss += loss_c.detach().to(torch.float64)
+
+
 def fused_policy_loss(
     hidden_BRH: torch.Tensor,
     lm_head_weight_VH: torch.Tensor,
@@ -237,13 +341,13 @@ def fused_policy_loss(
     advantages_B: torch.Tensor,
     mask_BR: torch.Tensor,
     *,
+    options: LossOptions,
     global_denominator: float | int | torch.Tensor,
     chunk_size: int = 1024,
     temperature: float = 1.0,
     with_entropy: bool = False,
     rollout_logp_BR: torch.Tensor | None = None,
     ref_logp_BR: torch.Tensor | None = None,
-    **policy_loss_options: Any,
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor | None]:
     """`policy_loss(token_logprobs(...))` with its gradient formed in the forward pass (see module docstring).
 
@@ -253,9 +357,8 @@ def fused_policy_loss(
     old_logp_BR: (B, R) log-probs before this optimizer step, or None for the current ones (ratio 1,
         as with one optimizer step per batch).
     advantages_B: (B,) or (B, R). mask_BR: (B, R) bool or 0/1, the tokens in the loss.
-    global_denominator, rollout_logp_BR (policy_loss's rollout_logp_BT), ref_logp_BR (its ref_logp_BT)
-        and **policy_loss_options (ratio_clip_min, ratio_clip_max, ratio_clip_c, tis_cap, kl_coef,
-        aggregation, max_response_length, log_ratio_clamp) are as in `policy_loss`.
+    options, global_denominator, rollout_logp_BR (policy_loss's rollout_logp_BT) and ref_logp_BR (its
+        ref_logp_BT) are as in `policy_loss`.
     Returns (loss, metrics, logp_BR, entropy_BR): the loss (a scalar whose backward gives hidden_BRH and
     lm_head_weight_VH their gradients), `policy_loss`'s raw metrics for the whole batch, and the
     detached float32 (float64 for float64 inputs) log-probs and entropies (None unless with_entropy).
@@ -267,100 +370,44 @@ def fused_policy_loss(
         "rollout_logp_BR": rollout_logp_BR,
         "ref_logp_BR": ref_logp_BR,
     }
-    _check_inputs(
-        hidden_BRH,
-        lm_head_weight_VH,
-        targets_BR,
-        row_tensors,
-        chunk_size,
-        temperature,
-        policy_loss_options,
-    )
+    _check_inputs(hidden_BRH, lm_head_weight_VH, targets_BR, row_tensors, chunk_size, temperature, options)
+    denominator = check_denominator(global_denominator)
     batch, length, width = hidden_BRH.shape
-    denominator = float(global_denominator)  # once, not one device sync per chunk
-    weight_VH = lm_head_weight_VH
     needs_hidden = torch.is_grad_enabled() and hidden_BRH.requires_grad
-    needs_weight = torch.is_grad_enabled() and weight_VH.requires_grad
-    device = hidden_BRH.device
-    dtype = torch.promote_types(hidden_BRH.dtype, torch.float32)
+    needs_weight = torch.is_grad_enabled() and lm_head_weight_VH.requires_grad
     hidden_TH = hidden_BRH.detach().reshape(batch * length, width)
-    weight_VH = weight_VH.detach()
-    targets_T = targets_BR.reshape(-1).to(torch.int64)
-    chunks = _chunks(batch, length, chunk_size)
+    weight_VH = lm_head_weight_VH.detach()
     split_rows = length > chunk_size
-    options = dict(policy_loss_options)
+    per_row = _Rows(old_logp_BR, advantages_B, check_mask(mask_BR), rollout_logp_BR, ref_logp_BR)
     row_counts: list[int] = []
-    if split_rows and options.get("aggregation") == "seq-mean-token-mean":
-        # A piece of a row divides by its whole row's token count: sum-norm with L_max = that count.
-        row_counts = _check_mask(mask_BR).sum(dim=-1).tolist()
-        options["aggregation"] = "seq-mean-token-sum-norm"
-
-    logp_T = torch.empty(batch * length, dtype=dtype, device=device)
-    entropy_T = torch.empty(batch * length if with_entropy else 0, dtype=dtype, device=device)
-    grad_hidden_TH = torch.empty_like(hidden_TH) if needs_hidden else None
-    grad_weight_VH = None
-    if needs_weight:
-        # Summed over chunks in float32 at least, as token_logprobs' backward does for bf16 weights.
-        grad_weight_VH = torch.zeros(
-            weight_VH.shape, dtype=torch.promote_types(weight_VH.dtype, torch.float32), device=device
+    if split_rows and options.aggregation == "seq-mean-token-mean":
+        row_counts = per_row.is_token.sum(dim=-1).tolist()
+    acc = _Accumulator.empty(hidden_TH, weight_VH, with_entropy, needs_hidden, needs_weight)
+    targets_T = targets_BR.reshape(-1).to(torch.int64)
+    for rows, columns in _chunks(batch, length, chunk_size):
+        span = (
+            rows.start * length + columns.start,
+            (rows.stop - 1) * length + columns.stop,
+            (rows.stop - rows.start, columns.stop - columns.start),
         )
-    loss_total = torch.zeros((), dtype=torch.float64, device=device)
-    metric_parts: list[dict[str, float]] = []
-    for rows, columns in chunks:
-        first = rows.start * length + columns.start
-        last = (rows.stop - 1) * length + columns.stop
-        shape = (rows.stop - rows.start, columns.stop - columns.start)
-        hidden_CH, targets_C = hidden_TH[first:last], targets_T[first:last]
-        logp_CV, logp_C, entropy_C = _chunk_forward(
-            hidden_CH, weight_VH, targets_C, temperature, with_entropy
+        pieces = per_row.piece(rows, columns)
+        row_tokens = row_counts[rows.start] if row_counts else None
+        _chunk_step(
+            acc, span, hidden_TH, weight_VH, targets_T, pieces, options, denominator, temperature, row_tokens
         )
-        logp_T[first:last] = logp_C
-        if entropy_C is not None:
-            entropy_T[first:last] = entropy_C
-        if row_counts:
-            options["max_response_length"] = max(1, row_counts[rows.start])
-        # A detached leaf copy of the chunk's log-probs: policy_loss's graph ends there.
-        leaf_logp = logp_C.reshape(shape).detach().requires_grad_(needs_hidden or needs_weight)
-        with torch.enable_grad():
-            loss_c, metrics_c = policy_loss(
-                leaf_logp,
-                logp_C.reshape(shape) if old_logp_BR is None else old_logp_BR[rows, columns],
-                _piece(advantages_B, rows, columns),
-                mask_BR[rows, columns],
-                global_denominator=denominator,
-                rollout_logp_BT=None if rollout_logp_BR is None else rollout_logp_BR[rows, columns],
-                ref_logp_BT=None if ref_logp_BR is None else ref_logp_BR[rows, columns],
-                entropy_BT=None if entropy_C is None else entropy_C.reshape(shape),
-                **options,
-            )
-            if leaf_logp.requires_grad:
-                (grad_logp,) = torch.autograd.grad(loss_c, leaf_logp, allow_unused=True)
-                if grad_logp is None:
-                    grad_logp = torch.zeros_like(leaf_logp)
-                _chunk_gradients(
-                    logp_CV,
-                    grad_logp.detach().reshape(-1) / temperature,
-                    targets_C,
-                    hidden_CH,
-                    weight_VH,
-                    None if grad_hidden_TH is None else grad_hidden_TH[first:last],
-                    grad_weight_VH,
-                )
-        loss_total += loss_c.detach().to(torch.float64)
-        metric_parts.append(metrics_c)
-        del logp_CV
 
-    metrics = _merge_metrics(metric_parts)
+    metrics = metrics_to_host(acc.metrics)
     if split_rows:  # a row cut into pieces was counted once per piece with tokens
         metrics["num_sequences"] = float(loss_denominator(mask_BR, "seq-mean-token-mean"))
-    loss = loss_total.to(dtype)
+    loss = acc.loss.to(acc.logp_T.dtype)
     if needs_hidden or needs_weight:
-        if grad_weight_VH is not None:
-            grad_weight_VH = grad_weight_VH.to(weight_VH.dtype)
-        grad_hidden_BRH = None if grad_hidden_TH is None else grad_hidden_TH.view(batch, length, width)
+        grad_weight_VH = None if acc.grad_weight_VH is None else acc.grad_weight_VH.to(weight_VH.dtype)
+        grad_hidden_BRH = (
+            None if acc.grad_hidden_TH is None else acc.grad_hidden_TH.view(batch, length, width)
+        )
         loss = _GradientFromForward.apply(
             loss, hidden_BRH, lm_head_weight_VH, grad_hidden_BRH, grad_weight_VH
         )
-    logp_BR = logp_T.view(batch, length)
-    entropy_BR = entropy_T.view(batch, length) if with_entropy else None
+    logp_BR = acc.logp_T.view(batch, length)
+    entropy_BR = None if acc.entropy_T is None else acc.entropy_T.view(batch, length)
     return loss, metrics, logp_BR, entropy_BR

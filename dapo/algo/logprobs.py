@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 
-def _chunk_logits(hidden_CH: torch.Tensor, weight_VH: torch.Tensor, temperature: float) -> torch.Tensor:
+def chunk_logits(hidden_CH: torch.Tensor, weight_VH: torch.Tensor, temperature: float) -> torch.Tensor:
     # float32 at least (float64 stays float64): bf16 logits would lose the log-prob precision.
     logits_CV = (hidden_CH @ weight_VH.T).to(torch.promote_types(hidden_CH.dtype, torch.float32))
     if temperature != 1.0:
@@ -56,7 +56,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         entropy_T = torch.empty(num_tokens if with_entropy else 0, dtype=dtype, device=device)
         for start in range(0, num_tokens, chunk_size):
             end = min(start + chunk_size, num_tokens)
-            logits_CV = _chunk_logits(hidden_TH[start:end], weight_VH, temperature)
+            logits_CV = chunk_logits(hidden_TH[start:end], weight_VH, temperature)
             lse_C = torch.logsumexp(logits_CV, dim=-1)
             lse_T[start:end] = lse_C
             # log p = z - logsumexp(z), in place; entropy from log p (not lse - E[z], which cancels badly
@@ -94,7 +94,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         for start in range(0, num_tokens, ctx.chunk_size):
             end = min(start + ctx.chunk_size, num_tokens)
             hidden_CH = hidden_TH[start:end]
-            logits_CV = _chunk_logits(hidden_CH, weight_VH, temperature)
+            logits_CV = chunk_logits(hidden_CH, weight_VH, temperature)
             logp_CV = logits_CV.sub_(lse_T[start:end, None])  # log p, in place
             if grad_entropy_T is not None:
                 probs_CV = torch.exp(logp_CV)

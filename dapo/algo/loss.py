@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
@@ -47,7 +48,8 @@ def _check_aggregation(aggregation: str) -> None:
         raise ValueError(f"aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
 
 
-def _check_mask(mask_BT: torch.Tensor) -> torch.Tensor:
+def check_mask(mask_BT: torch.Tensor) -> torch.Tensor:
+    """`mask_BT` as a bool (B, T) tensor; a clear error for anything else."""
     if mask_BT.ndim != 2:
         raise ValueError(f"mask_BT must be two-dimensional (B, T), got shape {tuple(mask_BT.shape)}")
     if mask_BT.dtype == torch.bool:
@@ -61,10 +63,161 @@ def loss_denominator(mask_BT: torch.Tensor, aggregation: Aggregation = "token-me
     """This micro-batch's share of `global_denominator`: unmasked tokens for "token-mean", sequences
     with at least one unmasked token for the sequence modes. Sum it over all micro-batches and ranks."""
     _check_aggregation(aggregation)
-    is_token_BT = _check_mask(mask_BT)
+    is_token_BT = check_mask(mask_BT)
     if aggregation == "token-mean":
         return int(is_token_BT.sum().item())
     return int(is_token_BT.any(dim=-1).sum().item())
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """The loss's scalar options, checked once when built (a run builds them once from its config).
+
+    ratio_clip_min / ratio_clip_max: eps_low / eps_high (0.2 / 0.28 in DAPO), both >= 0.
+    ratio_clip_c: dual-clip constant c > 1, or None.
+    tis_cap: truncated importance sampling, weight min(exp(old - rollout), tis_cap); None: off.
+    kl_coef: k3 KL penalty to a reference policy (0: off).
+    aggregation / max_response_length: see the module docstring (L_max for "seq-mean-token-sum-norm").
+    log_ratio_clamp: bound of |log ratio| before exp.
+    """
+
+    ratio_clip_min: float
+    ratio_clip_max: float
+    ratio_clip_c: float | None = None
+    tis_cap: float | None = None
+    kl_coef: float = 0.0
+    aggregation: Aggregation = "token-mean"
+    max_response_length: int | None = None
+    log_ratio_clamp: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not self.ratio_clip_min >= 0:
+            raise ValueError(
+                f"ratio_clip_min must be >= 0 (it is eps_low, not a ratio), got {self.ratio_clip_min}"
+            )
+        if not self.ratio_clip_max >= 0:
+            raise ValueError(
+                f"ratio_clip_max must be >= 0 (it is eps_high, not a ratio), got {self.ratio_clip_max}"
+            )
+        if self.ratio_clip_c is not None and not self.ratio_clip_c > 1:
+            raise ValueError(
+                f"ratio_clip_c must be > 1 (or None to disable dual clip), got {self.ratio_clip_c}"
+            )
+        if self.tis_cap is not None and not self.tis_cap > 0:
+            raise ValueError(f"tis_cap must be > 0 (or None to disable TIS), got {self.tis_cap}")
+        if not self.kl_coef >= 0:
+            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if not self.log_ratio_clamp > 0:
+            raise ValueError(f"log_ratio_clamp must be > 0, got {self.log_ratio_clamp}")
+        _check_aggregation(self.aggregation)
+        if self.aggregation == "seq-mean-token-sum-norm" and (
+            self.max_response_length is None or self.max_response_length < 1
+        ):
+            raise ValueError(
+                "max_response_length must be >= 1 for aggregation='seq-mean-token-sum-norm', "
+                f"got {self.max_response_length}"
+            )
+
+    def check_references(self, *, has_rollout: bool, has_ref: bool, suffix: str = "BT") -> None:
+        """The per-token inputs these options need are given (TIS: rollout log-probs; KL: reference)."""
+        if self.tis_cap is not None and not has_rollout:
+            raise ValueError(
+                f"tis_cap is set but rollout_logp_{suffix} is None: TIS needs the rollout log-probs"
+            )
+        if self.kl_coef > 0 and not has_ref:
+            raise ValueError(f"kl_coef > 0 needs ref_logp_{suffix} (the reference policy's log-probs)")
+
+
+def check_denominator(global_denominator: float | int | torch.Tensor) -> float:
+    denominator = float(global_denominator)
+    if not denominator > 0 or not math.isfinite(denominator):
+        raise ValueError(f"global_denominator must be > 0 (the global batch's count), got {denominator}")
+    return denominator
+
+
+def _check_tensors(
+    logp_BT: torch.Tensor, advantages: torch.Tensor, same_shape: Mapping[str, torch.Tensor | None]
+) -> None:
+    if logp_BT.ndim != 2:
+        raise ValueError(f"logp_BT must be two-dimensional (B, T), got shape {tuple(logp_BT.shape)}")
+    shape = tuple(logp_BT.shape)
+    if logp_BT.numel() == 0:
+        raise ValueError(f"logp_BT is empty (shape {shape}): expected at least one token")
+    if not logp_BT.is_floating_point():
+        raise ValueError(f"logp_BT must be a floating-point tensor, got dtype {logp_BT.dtype}")
+    for name, tensor in same_shape.items():
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have the shape of logp_BT {shape}, got {tuple(tensor.shape)}")
+    if tuple(advantages.shape) not in (shape[:1], shape):
+        raise ValueError(
+            f"advantages must have shape (B,) = {shape[:1]} or (B, T) = {shape}, got {tuple(advantages.shape)}"
+        )
+
+
+@dataclass
+class TokenLosses:
+    """Per-token terms of the loss (B, T), kept for the metrics."""
+
+    loss_BT: torch.Tensor  # l, masked (0 off the mask)
+    advantages_BT: torch.Tensor
+    log_ratio_BT: torch.Tensor
+    ratio_BT: torch.Tensor
+    is_dual_clipped_BT: torch.Tensor | None = None
+    tis_raw_BT: torch.Tensor | None = None
+    kl_ref_BT: torch.Tensor | None = None
+
+
+def token_losses(
+    logp_BT: torch.Tensor,
+    old_logp_BT: torch.Tensor,
+    advantages: torch.Tensor,
+    is_token_BT: torch.Tensor,
+    options: LossOptions,
+    rollout_logp_BT: torch.Tensor | None = None,
+    ref_logp_BT: torch.Tensor | None = None,
+) -> TokenLosses:
+    """The per-token DAPO loss l of the module docstring, for inputs already checked."""
+    clamp = options.log_ratio_clamp
+    advantages_BT = advantages.to(logp_BT.dtype)
+    if advantages_BT.ndim == 1:
+        advantages_BT = advantages_BT[:, None].expand(logp_BT.shape)
+    log_ratio_BT = torch.clamp(logp_BT - old_logp_BT.detach(), -clamp, clamp)
+    ratio_BT = torch.exp(log_ratio_BT)
+    clipped_ratio_BT = torch.clamp(ratio_BT, 1.0 - options.ratio_clip_min, 1.0 + options.ratio_clip_max)
+    loss_BT = torch.maximum(-advantages_BT * ratio_BT, -advantages_BT * clipped_ratio_BT)
+    terms = TokenLosses(loss_BT, advantages_BT, log_ratio_BT, ratio_BT)
+    if options.ratio_clip_c is not None:
+        is_negative_BT = advantages_BT < 0
+        dual_bound_BT = -advantages_BT * options.ratio_clip_c
+        terms.is_dual_clipped_BT = is_negative_BT & (loss_BT > dual_bound_BT)
+        loss_BT = torch.where(is_negative_BT, torch.minimum(loss_BT, dual_bound_BT), loss_BT)
+    if options.tis_cap is not None:
+        assert rollout_logp_BT is not None
+        terms.tis_raw_BT = torch.exp(torch.clamp(old_logp_BT - rollout_logp_BT, -clamp, clamp).detach())
+        loss_BT = loss_BT * torch.clamp(terms.tis_raw_BT, max=options.tis_cap)
+    if ref_logp_BT is not None:
+        ref_log_ratio_BT = torch.clamp(ref_logp_BT.detach() - logp_BT, -clamp, clamp)
+        terms.kl_ref_BT = torch.exp(ref_log_ratio_BT) - ref_log_ratio_BT - 1.0
+        if options.kl_coef > 0:
+            loss_BT = loss_BT + options.kl_coef * terms.kl_ref_BT
+    # where(), not multiply: padding positions may hold inf/NaN that must not leak into the sum.
+    terms.loss_BT = torch.where(is_token_BT, loss_BT, torch.zeros_like(loss_BT))
+    return terms
+
+
+def aggregate(
+    masked_loss_BT: torch.Tensor, is_token_BT: torch.Tensor, options: LossOptions, denominator: float
+) -> torch.Tensor:
+    """The micro-batch's share of the global loss under `options.aggregation` (module docstring)."""
+    if options.aggregation == "token-mean":
+        return masked_loss_BT.sum() / denominator
+    seq_sum_B = masked_loss_BT.sum(dim=-1)
+    if options.aggregation == "seq-mean-token-mean":
+        seq_loss_B = seq_sum_B / is_token_BT.sum(dim=-1).clamp(min=1).to(seq_sum_B.dtype)
+    else:
+        assert options.max_response_length is not None
+        seq_loss_B = seq_sum_B / options.max_response_length
+    return seq_loss_B.sum() / denominator
 
 
 def policy_loss(
@@ -73,17 +226,10 @@ def policy_loss(
     advantages: torch.Tensor,
     mask_BT: torch.Tensor,
     *,
-    ratio_clip_min: float,
-    ratio_clip_max: float,
+    options: LossOptions,
     global_denominator: float | int | torch.Tensor,
-    ratio_clip_c: float | None = None,
     rollout_logp_BT: torch.Tensor | None = None,
-    tis_cap: float | None = None,
     ref_logp_BT: torch.Tensor | None = None,
-    kl_coef: float = 0.0,
-    aggregation: Aggregation = "token-mean",
-    max_response_length: int | None = None,
-    log_ratio_clamp: float = 20.0,
     entropy_BT: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The micro-batch's contribution to the global DAPO loss, and its raw (summable) metrics.
@@ -92,138 +238,94 @@ def policy_loss(
     old_logp_BT: (B, T) log-probs under the policy before this optimizer step (no grad).
     advantages: (B,) one per sequence, or (B, T) one per token.
     mask_BT: (B, T) bool (or 0/1): which tokens are in the loss.
-    ratio_clip_min / ratio_clip_max: eps_low / eps_high (0.2 / 0.28 in DAPO), both >= 0.
+    options: the clips, TIS cap, KL coefficient and aggregation (`LossOptions`).
     global_denominator: the whole global batch's count (see module docstring), > 0.
-    ratio_clip_c: dual-clip constant c > 1, or None.
-    rollout_logp_BT + tis_cap: truncated importance sampling, weight min(exp(old - rollout), tis_cap);
-        tis_cap None turns it off (rollout_logp_BT then only feeds the mismatch metric).
-    ref_logp_BT + kl_coef: k3 KL penalty to a reference policy (kl_coef 0: off).
-    max_response_length: L_max, required by "seq-mean-token-sum-norm".
+    rollout_logp_BT: the rollout's log-probs, for TIS (and the mismatch metric).
+    ref_logp_BT: the reference policy's log-probs, for the KL term (and its metric).
     entropy_BT: (B, T) per-token entropy, only for the metric.
     """
-    if logp_BT.ndim != 2:
-        raise ValueError(f"logp_BT must be two-dimensional (B, T), got shape {tuple(logp_BT.shape)}")
-    shape = tuple(logp_BT.shape)
-    if logp_BT.numel() == 0:
-        raise ValueError(f"logp_BT is empty (shape {shape}): expected at least one token")
-    if not logp_BT.is_floating_point():
-        raise ValueError(f"logp_BT must be a floating-point tensor, got dtype {logp_BT.dtype}")
-    for name, tensor in (
-        ("old_logp_BT", old_logp_BT),
-        ("mask_BT", mask_BT),
-        ("rollout_logp_BT", rollout_logp_BT),
-        ("ref_logp_BT", ref_logp_BT),
-        ("entropy_BT", entropy_BT),
-    ):
-        if tensor is not None and tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} must have the shape of logp_BT {shape}, got {tuple(tensor.shape)}")
-    if tuple(advantages.shape) not in (shape[:1], shape):
-        raise ValueError(
-            f"advantages must have shape (B,) = {shape[:1]} or (B, T) = {shape}, got {tuple(advantages.shape)}"
-        )
-    if not ratio_clip_min >= 0:
-        raise ValueError(f"ratio_clip_min must be >= 0 (it is eps_low, not a ratio), got {ratio_clip_min}")
-    if not ratio_clip_max >= 0:
-        raise ValueError(f"ratio_clip_max must be >= 0 (it is eps_high, not a ratio), got {ratio_clip_max}")
-    if ratio_clip_c is not None and not ratio_clip_c > 1:
-        raise ValueError(f"ratio_clip_c must be > 1 (or None to disable dual clip), got {ratio_clip_c}")
-    if tis_cap is not None:
-        if not tis_cap > 0:
-            raise ValueError(f"tis_cap must be > 0 (or None to disable TIS), got {tis_cap}")
-        if rollout_logp_BT is None:
-            raise ValueError("tis_cap is set but rollout_logp_BT is None: TIS needs the rollout log-probs")
-    if not kl_coef >= 0:
-        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
-    if kl_coef > 0 and ref_logp_BT is None:
-        raise ValueError("kl_coef > 0 needs ref_logp_BT (the reference policy's log-probs)")
-    if not log_ratio_clamp > 0:
-        raise ValueError(f"log_ratio_clamp must be > 0, got {log_ratio_clamp}")
-    _check_aggregation(aggregation)
-    if aggregation == "seq-mean-token-sum-norm" and (max_response_length is None or max_response_length < 1):
-        raise ValueError(
-            f"max_response_length must be >= 1 for aggregation='seq-mean-token-sum-norm', got {max_response_length}"
-        )
-    denominator = float(global_denominator)
-    if not denominator > 0 or not math.isfinite(denominator):
-        raise ValueError(f"global_denominator must be > 0 (the global batch's count), got {denominator}")
-    is_token_BT = _check_mask(mask_BT)
+    _check_tensors(
+        logp_BT,
+        advantages,
+        {
+            "old_logp_BT": old_logp_BT,
+            "mask_BT": mask_BT,
+            "rollout_logp_BT": rollout_logp_BT,
+            "ref_logp_BT": ref_logp_BT,
+            "entropy_BT": entropy_BT,
+        },
+    )
+    options.check_references(has_rollout=rollout_logp_BT is not None, has_ref=ref_logp_BT is not None)
+    denominator = check_denominator(global_denominator)
+    is_token_BT = check_mask(mask_BT)
+    terms = token_losses(logp_BT, old_logp_BT, advantages, is_token_BT, options, rollout_logp_BT, ref_logp_BT)
+    loss = aggregate(terms.loss_BT, is_token_BT, options, denominator)
+    metrics = metric_tensors(terms, is_token_BT, options, old_logp_BT, rollout_logp_BT, entropy_BT)
+    return loss, metrics_to_host(metrics)
 
-    advantages_BT = advantages.to(logp_BT.dtype)
-    if advantages_BT.ndim == 1:
-        advantages_BT = advantages_BT[:, None].expand(shape)
-    log_ratio_BT = torch.clamp(logp_BT - old_logp_BT.detach(), -log_ratio_clamp, log_ratio_clamp)
-    ratio_BT = torch.exp(log_ratio_BT)
-    clipped_ratio_BT = torch.clamp(ratio_BT, 1.0 - ratio_clip_min, 1.0 + ratio_clip_max)
-    token_loss_BT = torch.maximum(-advantages_BT * ratio_BT, -advantages_BT * clipped_ratio_BT)
-    is_negative_BT = advantages_BT < 0
-    if ratio_clip_c is not None:
-        dual_bound_BT = -advantages_BT * ratio_clip_c
-        is_dual_clipped_BT = is_negative_BT & (token_loss_BT > dual_bound_BT)
-        token_loss_BT = torch.where(
-            is_negative_BT, torch.minimum(token_loss_BT, dual_bound_BT), token_loss_BT
-        )
-    if tis_cap is not None:
-        assert rollout_logp_BT is not None
-        tis_log_BT = torch.clamp(old_logp_BT - rollout_logp_BT, -log_ratio_clamp, log_ratio_clamp).detach()
-        tis_raw_BT = torch.exp(tis_log_BT)
-        token_loss_BT = token_loss_BT * torch.clamp(tis_raw_BT, max=tis_cap)
-    if ref_logp_BT is not None:
-        ref_log_ratio_BT = torch.clamp(ref_logp_BT.detach() - logp_BT, -log_ratio_clamp, log_ratio_clamp)
-        kl_ref_BT = torch.exp(ref_log_ratio_BT) - ref_log_ratio_BT - 1.0
-        if kl_coef > 0:
-            token_loss_BT = token_loss_BT + kl_coef * kl_ref_BT
 
-    # where(), not multiply: padding positions may hold inf/NaN that must not leak into the sum.
-    masked_loss_BT = torch.where(is_token_BT, token_loss_BT, torch.zeros_like(token_loss_BT))
-    if aggregation == "token-mean":
-        loss = masked_loss_BT.sum() / denominator
-    else:
-        seq_sum_B = masked_loss_BT.sum(dim=-1)
-        if aggregation == "seq-mean-token-mean":
-            seq_loss_B = seq_sum_B / is_token_BT.sum(dim=-1).clamp(min=1).to(seq_sum_B.dtype)
-        else:
-            assert max_response_length is not None
-            seq_loss_B = seq_sum_B / max_response_length
-        loss = seq_loss_B.sum() / denominator
-
+def metric_tensors(
+    terms: TokenLosses,
+    is_token_BT: torch.Tensor,
+    options: LossOptions,
+    old_logp_BT: torch.Tensor,
+    rollout_logp_BT: torch.Tensor | None = None,
+    entropy_BT: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The raw metrics of the module docstring as 0-d float64 tensors on the loss's device (no sync)."""
     with torch.no_grad():
-        mask_f = is_token_BT.to(logp_BT.dtype)
-        ratio_d = ratio_BT.detach()
-        names = ["num_tokens", "num_sequences", "token_loss_sum", "clip_high_count", "clip_low_count"]
-        values = [
-            mask_f.sum(),
-            is_token_BT.any(dim=-1).sum().to(mask_f.dtype),
-            masked_loss_BT.detach().sum(),
-            ((advantages_BT > 0) & (ratio_d > 1.0 + ratio_clip_max) & is_token_BT).sum().to(mask_f.dtype),
-            (is_negative_BT & (ratio_d < 1.0 - ratio_clip_min) & is_token_BT).sum().to(mask_f.dtype),
-        ]
-        if ratio_clip_c is not None:
-            names.append("dual_clip_count")
-            values.append((is_dual_clipped_BT & is_token_BT).sum().to(mask_f.dtype))
+        mask_f = is_token_BT.to(terms.loss_BT.dtype)
+
+        def token_sum(values_BT: torch.Tensor) -> torch.Tensor:
+            values_BT = values_BT.detach().to(mask_f.dtype)
+            return torch.where(is_token_BT, values_BT, torch.zeros_like(values_BT)).sum()
+
+        ratio_d = terms.ratio_BT.detach()
+        log_ratio_d = terms.log_ratio_BT.detach()
+        metrics = {
+            "num_tokens": mask_f.sum(),
+            "num_sequences": is_token_BT.any(dim=-1).sum(),
+            "token_loss_sum": terms.loss_BT.detach().sum(),
+            "clip_high_count": token_sum(
+                (terms.advantages_BT > 0) & (ratio_d > 1.0 + options.ratio_clip_max)
+            ),
+            "clip_low_count": token_sum((terms.advantages_BT < 0) & (ratio_d < 1.0 - options.ratio_clip_min)),
+        }
+        if terms.is_dual_clipped_BT is not None:
+            metrics["dual_clip_count"] = token_sum(terms.is_dual_clipped_BT)
+        metrics["ratio_sum"] = token_sum(ratio_d)
+        metrics["ratio_max"] = torch.where(is_token_BT, ratio_d, torch.zeros_like(ratio_d)).max()
         # k3 estimator of KL(old || current) on tokens sampled from old: (r - 1) - log r >= 0.
-        log_ratio_d = log_ratio_BT.detach()
-        names += ["ratio_sum", "ratio_max", "approx_kl_sum"]
-        values += [
-            (ratio_d * mask_f).sum(),
-            torch.where(is_token_BT, ratio_d, torch.zeros_like(ratio_d)).max(),
-            (((ratio_d - 1.0) - log_ratio_d) * mask_f).sum(),
-        ]
+        metrics["approx_kl_sum"] = token_sum((ratio_d - 1.0) - log_ratio_d)
         if rollout_logp_BT is not None:
-            names.append("rollout_mismatch_sum")
-            mismatch_BT = (old_logp_BT - rollout_logp_BT).abs()
-            values.append(torch.where(is_token_BT, mismatch_BT, torch.zeros_like(mismatch_BT)).sum())
-        if tis_cap is not None:
-            names.append("tis_truncated_count")
-            values.append(((tis_raw_BT > tis_cap) & is_token_BT).sum().to(mask_f.dtype))
+            metrics["rollout_mismatch_sum"] = token_sum((old_logp_BT - rollout_logp_BT).abs())
+        if terms.tis_raw_BT is not None and options.tis_cap is not None:
+            metrics["tis_truncated_count"] = token_sum(terms.tis_raw_BT > options.tis_cap)
         if entropy_BT is not None:
-            names.append("entropy_sum")
-            entropy_d = entropy_BT.detach().to(mask_f.dtype)
-            values.append(torch.where(is_token_BT, entropy_d, torch.zeros_like(entropy_d)).sum())
-        if ref_logp_BT is not None:
-            names.append("kl_ref_sum")
-            values.append((kl_ref_BT.detach() * mask_f).sum())
-        numbers = torch.stack([v.to(torch.float64) for v in values]).tolist()  # one device sync
-    return loss, dict(zip(names, numbers, strict=True))
+            metrics["entropy_sum"] = token_sum(entropy_BT)
+        if terms.kl_ref_BT is not None:
+            metrics["kl_ref_sum"] = token_sum(terms.kl_ref_BT)
+        return {name: value.to(torch.float64) for name, value in metrics.items()}
+
+
+def merge_metric_tensors(
+    total: dict[str, torch.Tensor], part: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """`part` folded into `total` as `combine_metrics` would before dividing: sums added, maxima maxed."""
+    for key, value in part.items():
+        if key not in total:
+            total[key] = value
+        elif _COMBINE.get(key, ("", "sum"))[1] == "max":
+            total[key] = torch.maximum(total[key], value)
+        else:
+            total[key] = total[key] + value
+    return total
+
+
+def metrics_to_host(metrics: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Raw metric tensors as floats, in one device sync."""
+    numbers = torch.stack(list(metrics.values())).tolist() if metrics else []
+    return dict(zip(metrics.keys(), numbers, strict=True))
 
 
 # raw metric -> (combined name, how): "mean" divides the summed value by the summed num_tokens.

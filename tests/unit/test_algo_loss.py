@@ -3,15 +3,25 @@ micro-batch/rank splitting, exact metric combination, and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import pytest
 import torch
 
-from dapo.algo import combine_metrics, loss_denominator, policy_loss
+from dapo.algo import LossOptions, combine_metrics, loss_denominator
+from dapo.algo import policy_loss as algo_policy_loss
 
 CLIPS: dict[str, Any] = {"ratio_clip_min": 0.2, "ratio_clip_max": 0.28}
+OPTION_FIELDS = {f.name for f in dataclasses.fields(LossOptions)}
+
+
+def policy_loss(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    """`dapo.algo.policy_loss` with the options given as keywords: builds `LossOptions` from them (as
+    the trainer builds them from the config) and passes the rest on."""
+    options = LossOptions(**{key: kwargs.pop(key) for key in list(kwargs) if key in OPTION_FIELDS})
+    return algo_policy_loss(*args, options=options, **kwargs)
 
 
 def one_token(ratio: float, advantage: float, **kwargs: Any) -> tuple[float, float, dict[str, float]]:
@@ -312,6 +322,18 @@ def _call(**overrides: Any) -> None:
 def test_bad_input_names_the_argument(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _call(**overrides)
+
+
+def test_options_are_checked_once_when_built() -> None:
+    with pytest.raises(ValueError, match="ratio_clip_c must be > 1"):
+        LossOptions(**CLIPS, ratio_clip_c=0.5)
+    options = LossOptions(**CLIPS, tis_cap=2.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.tis_cap = -1.0  # type: ignore[misc]
+    # What needs a tensor is checked against the call's tensors.
+    logp, old, advantages, mask = _hand_batch()
+    with pytest.raises(ValueError, match="tis_cap is set but rollout_logp_BT is None"):
+        algo_policy_loss(logp, old, advantages, mask, options=options, global_denominator=3)
 
 
 def test_loss_denominator_bad_input() -> None:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
 import torch
 from torch import nn
 
-from dapo.algo import fused_policy_loss, token_logprobs
+from dapo.algo import LossOptions, fused_policy_loss, token_logprobs
 from dapo.hub import resolve_model_dir
 
 WRAPPER_PREFIX = "causal_lm."
@@ -75,9 +75,9 @@ class LossInputs:
     advantages_B: torch.Tensor
     mask_BR: torch.Tensor
     global_denominator: int | float
+    options: LossOptions
     old_logp_BR: torch.Tensor | None = None  # None: the forward's own log-probs (ratio 1)
     rollout_logp_BR: torch.Tensor | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)  # policy_loss's scalar options
 
 
 class LogprobModel(nn.Module):
@@ -156,7 +156,7 @@ class LogprobModel(nn.Module):
                 temperature=self.temperature,
                 with_entropy=with_entropy,
                 rollout_logp_BR=loss_inputs.rollout_logp_BR,
-                **loss_inputs.options,
+                options=loss_inputs.options,
             )
         logp_BR, entropy_BR = token_logprobs(
             hidden_BRH,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from dapo.algo import combine_metrics
+from dapo.algo import LossOptions, combine_metrics
 from dapo.batch import TrainBatch
 from dapo.config import RunConfig
 from dapo_trainer.batches import MicroBatch, collate, loss_denominator, plan_batch
@@ -51,19 +51,19 @@ class _Clock:
         return time.perf_counter()
 
 
-def _loss_options(config: RunConfig) -> dict[str, object]:
+def loss_options(config: RunConfig) -> LossOptions:
+    """The run's loss options, built (and checked) once."""
     loss = config.loss_fn
-    return {
-        "ratio_clip_min": loss.ratio_clip_min,
-        "ratio_clip_max": loss.ratio_clip_max,
-        "ratio_clip_c": loss.ratio_clip_c,
-        "tis_cap": loss.truncated_importance_sampling_ratio
-        if loss.use_importance_sampling_correction
-        else None,
-        "aggregation": loss.aggregation,
-        "log_ratio_clamp": loss.log_ratio_clamp,
-        "max_response_length": config.max_response_length,
-    }
+    assert loss.aggregation is not None  # the schema fills it in from token_level_loss
+    return LossOptions(
+        ratio_clip_min=loss.ratio_clip_min,
+        ratio_clip_max=loss.ratio_clip_max,
+        ratio_clip_c=loss.ratio_clip_c,
+        tis_cap=loss.truncated_importance_sampling_ratio if loss.use_importance_sampling_correction else None,
+        aggregation=loss.aggregation,
+        log_ratio_clamp=loss.log_ratio_clamp,
+        max_response_length=config.max_response_length,
+    )
 
 
 def train_on_batch(
@@ -102,7 +102,7 @@ def train_on_batch(
             ]
         times.forward += clock.now() - start
 
-    options = _loss_options(config)
+    options = loss_options(config)
     # Our warm-up counts optimizer steps; NeMo RL's policy.scheduler counts training steps (batches).
     per_optimizer_step = config.policy.scheduler is None
     raw_metrics: list[dict[str, float]] = []
@@ -112,7 +112,7 @@ def train_on_batch(
     num_tokens = 0
     for step_index, (step_plan, step_batches) in enumerate(zip(plan, micro_batches, strict=True)):
         all_indices = [i for rank_plan in step_plan for micro in rank_plan for i in micro]
-        denominator = max(1, loss_denominator(batch, all_indices, str(options["aggregation"])))
+        denominator = max(1, loss_denominator(batch, all_indices, options.aggregation))
         optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
         step_old = old_logps[step_index]
