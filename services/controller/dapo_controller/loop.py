@@ -37,9 +37,11 @@ from dapo.config import RunConfig, parse_config
 from dapo.config.schema import MathEnvConfig
 from dapo.data import PromptCursor, PromptRow, load_from_config
 from dapo.prompts import render_text
+from dapo.stream_limits import StreamLimits
 from dapo.v1 import reward_pb2, reward_pb2_grpc, rollout_pb2
 from dapo_controller.groups import Group, Sample, build_train_batch, sample_metrics, select_groups
 from dapo_controller.rollout_pool import NoHealthyServerError, RolloutPool
+from dapo_controller.rollout_registry import RolloutRegistry
 from dapo_controller.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,8 @@ class RunLoop:
         self.reward_channel: grpc.aio.Channel | None = None
         self._trainer_lost_since: float | None = None
         self._commit_batch = redis.register_script(_COMMIT_BATCH)
+        self.registry = RolloutRegistry(redis, self.config.services.rollout_server_ttl_s)
+        store.limit_streams(run_id, StreamLimits.of(self.config.services))
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -185,9 +189,8 @@ class RunLoop:
         # The trainer pushes the run's first version to the servers it finds in Redis when it starts (they
         # may serve another run's weights: versions count per run), so register the servers that answer now
         # before assigning it; those still starting fetch the version from the trainer's publisher.
-        ready = await self.pool.probe()
-        if ready:
-            await self.redis.sadd(keys.rollout_servers(), *ready)
+        await self.pool.probe()
+        await self._refresh_registry()
         await self.redis.hset(
             keys.trainer_assignment(),
             mapping={"run_id": self.run_id, "config": json.dumps(cfg.model_dump(mode="json"))},
@@ -205,6 +208,19 @@ class RunLoop:
         assigned = await self.redis.hget(keys.trainer_assignment(), "run_id")
         if assigned is not None and assigned.decode() == self.run_id:
             await self.redis.delete(keys.trainer_assignment())
+
+    async def _refresh_registry(self) -> None:
+        """The trainer pushes new weights to every server in the registry: those answering the probe
+        just made, less those silent for services.rollout_server_ttl_s."""
+        assert self.pool is not None
+        for address in await self.registry.refresh(self.pool.answering()):
+            await self.store.add_event(
+                self.run_id,
+                "rollout_pruned",
+                f"rollout server {address} did not answer for {self.registry.ttl_s:.0f} s "
+                "(services.rollout_server_ttl_s): no longer pushed weights",
+                address=address,
+            )
 
     def _server_changed(self, address: str, healthy: bool, reason: str) -> None:
         kind = "rollout_back" if healthy else "rollout_lost"
@@ -531,10 +547,8 @@ class RunLoop:
             deadline = started + self.config.services.rollout_timeout_s
         announced = False
         while True:
-            healthy = await self.pool.probe()
-            if healthy:
-                # The trainer pushes new weights to every server it finds here.
-                await self.redis.sadd(keys.rollout_servers(), *[s.address for s in self.pool.servers])
+            await self.pool.probe()
+            await self._refresh_registry()
             if self.pool.healthy():
                 return
             if time.monotonic() > deadline:
