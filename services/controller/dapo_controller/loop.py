@@ -32,7 +32,7 @@ import grpc
 import redis.asyncio as aioredis
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from dapo import keys, rpc
+from dapo import keys
 from dapo.config import RunConfig, parse_config
 from dapo.config.schema import MathEnvConfig
 from dapo.data import PromptCursor, PromptRow, load_from_config
@@ -40,6 +40,7 @@ from dapo.prompts import render_text
 from dapo.stream_limits import StreamLimits
 from dapo.v1 import reward_pb2, reward_pb2_grpc, rollout_pb2
 from dapo_controller.groups import Group, Sample, build_train_batch, sample_metrics, select_groups
+from dapo_controller.reward_client import reward_channel
 from dapo_controller.rollout_pool import NoHealthyServerError, RolloutPool
 from dapo_controller.rollout_registry import RolloutRegistry
 from dapo_controller.store import RunStore
@@ -172,13 +173,7 @@ class RunLoop:
             self._server_changed,
             run_id=self.run_id,
         )
-        self.reward_channel = rpc.aio_channel(
-            self.endpoints.reward_address,
-            options=[
-                ("grpc.max_receive_message_length", 256 << 20),
-                ("grpc.max_send_message_length", 256 << 20),
-            ],
-        )
+        self.reward_channel = reward_channel(self.endpoints.reward_address)
         self.reward = reward_pb2_grpc.RewardStub(self.reward_channel)
         record = await self.store.get_run(self.run_id)
         if record is not None and record.status == "pending":
