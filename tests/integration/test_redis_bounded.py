@@ -41,7 +41,7 @@ from dapo.weights import WeightAssembler
 VOCAB_SIZE = 512
 
 
-def _add(client: redis.Redis, run_id: str, steps: range, **kwargs: object) -> list[str]:
+def _add(client: redis.Redis, run_id: str, steps: range) -> list[str]:
     return [
         client.xadd(
             keys.batch_stream(run_id),
