@@ -21,7 +21,9 @@ def run_record(run_id: str) -> str:
 
 
 def batch_stream(run_id: str) -> str:
-    """Stream of TrainBatch entries (dapo.batch), read by the trainer's consumer group."""
+    """Stream of TrainBatch entries (dapo.batch), read by the trainer's consumer group. An entry leaves
+    it once the trainer has acknowledged it (after a committed checkpoint covers it, or after
+    dead-lettering it): dapo_trainer.batches.BatchStream.trim_acknowledged."""
     return f"{PREFIX}:run:{run_id}:batches"
 
 
@@ -31,12 +33,14 @@ def dead_letter_stream(run_id: str) -> str:
 
 
 def metrics_stream(run_id: str) -> str:
-    """Stream of per-step metric records (field `data`: JSON object with `step` and `source`)."""
+    """Stream of per-step metric records (field `data`: JSON object with `step` and `source`); the
+    newest `services.redis_metrics_maxlen` are kept."""
     return f"{PREFIX}:run:{run_id}:metrics"
 
 
 def events_stream(run_id: str) -> str:
-    """Stream of run events (field `data`: JSON object with `kind`, `message`, `time`)."""
+    """Stream of run events (field `data`: JSON object with `kind`, `message`, `time`); the newest
+    `services.redis_events_maxlen` are kept."""
     return f"{PREFIX}:run:{run_id}:events"
 
 
@@ -66,8 +70,15 @@ def trainer_heartbeat() -> str:
 
 
 def rollout_servers() -> str:
-    """Set of host:port of rollout servers the trainer publishes weights to."""
+    """Set of host:port of live rollout servers, the ones the trainer publishes weights to (kept by the
+    controller: dapo_controller.rollout_registry)."""
     return f"{PREFIX}:rollout:servers"
+
+
+def rollout_servers_seen() -> str:
+    """Sorted set: host:port of each registered rollout server, scored by the Unix time it last answered
+    the controller's probe; a server silent for `services.rollout_server_ttl_s` leaves both keys."""
+    return f"{PREFIX}:rollout:seen"
 
 
 def trainer_error(run_id: str) -> str:

@@ -439,6 +439,18 @@ class ServicesConfig(Section):
     for this long (a stuck step or collective) fails the run."""
     redis_timeout_s: float = Field(60.0, gt=0)
     """Every service retries an unreachable Redis, with back-off, for this long before giving up."""
+    rollout_server_ttl_s: float = Field(60.0, gt=0)
+    """A rollout server that has not answered the controller's probes for this long leaves the set the
+    trainer pushes weights to; it rejoins when it answers again (it fetches missed versions itself)."""
+    redis_events_maxlen: int = Field(10_000, ge=1)
+    """The run's events stream in Redis keeps the newest this many events."""
+    redis_metrics_maxlen: int = Field(100_000, ge=1)
+    """The run's metrics stream in Redis keeps the newest this many records (about three a step; `dapo
+    run` also writes every record it follows to `logger.log_dir`). `checkpointing.metric_name` ranks
+    checkpoints by the records kept: an older version without one ranks after those with one."""
+    redis_keep_applied_batches: int = Field(0, ge=0)
+    """TrainBatches leave the run's batch stream once a committed checkpoint covers them; keep the newest
+    this many of those for inspection (0: none)."""
 
     @field_serializer("redis_url")
     def _without_password(self, url: str | None) -> str | None:

@@ -69,6 +69,7 @@ def async_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AsyncRun]:
         "data.validation_file": "null",
         "checkpointing.checkpoint_dir": work / "ckpt",
         "checkpointing.save_period": 2,  # batches applied but not yet checkpointed when the trainer dies
+        "services.redis_keep_applied_batches": NUM_STEPS,  # the batches are read back below
         "logger.log_dir": work / "logs",
         "logger.tensorboard_enabled": False,
     }

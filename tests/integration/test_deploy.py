@@ -59,6 +59,32 @@ def test_chart_renders_every_component(rendered: Path) -> None:
     assert rollout_service["spec"]["clusterIP"] == "None"  # headless: servers are discovered
 
 
+def test_pods_run_as_the_image_user_and_can_write_their_volumes(rendered: Path) -> None:
+    uid = int(re.search(r"--uid (\d+)", (ROOT / "docker/app.Dockerfile").read_text()).group(1))
+    for path in ("default.yaml", "multinode.yaml", "tls.yaml"):
+        for name, container in containers(manifests(rendered / path)).items():
+            context = container["pod"].get("securityContext", {})
+            if name == "redis":  # the redis image's own user; fsGroup keeps its PVC writable
+                assert context["fsGroup"] == 999, path
+                continue
+            assert context["runAsUser"] == uid and context["fsGroup"] == uid, (path, name, context)
+            assert context["runAsNonRoot"] is True, (path, name)
+
+
+def test_score_calls_are_balanced_over_a_headless_reward_service(rendered: Path) -> None:
+    docs = manifests(rendered / "default.yaml")
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    headless = services["dapo-dapo-reward-headless"]
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is False
+    assert headless["spec"]["selector"] == services["dapo-dapo-reward"]["spec"]["selector"]
+    assert [p["port"] for p in headless["spec"]["ports"]] == [50052]
+    # Only the ClusterIP Service carries the component label the ServiceMonitor selects: no pod twice.
+    assert "app.kubernetes.io/component" not in headless["metadata"]["labels"]
+    args = containers(docs)["controller"]["args"]
+    reward = args[args.index("--reward-address") + 1]
+    assert reward == "dns:///dapo-dapo-reward-headless.dapo.svc.cluster.local:50052"
+
+
 def containers(docs: list[dict]) -> dict[str, dict]:
     return {
         c["name"]: {**c, "pod": d["spec"]["template"]["spec"]}

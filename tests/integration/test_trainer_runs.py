@@ -232,6 +232,8 @@ def test_sigkill_and_restart_resume_exactly(tmp_path, redis_server, redis_client
     applied = {m.decode() for m in redis_client.smembers(keys.applied_batches(run_id))}
     assert applied == set(expected_ids)
     assert redis_client.xpending(keys.batch_stream(run_id), keys.TRAINER_GROUP)["pending"] == 0
+    # Every batch left the stream once a checkpoint covered it, the ones redelivered after the kill too.
+    assert redis_client.xlen(keys.batch_stream(run_id)) == 0
     events = [json.loads(f[b"data"]) for _, f in redis_client.xrange(keys.events_stream(run_id))]
     ready = [e["message"] for e in events if e["kind"] == "trainer_ready"]
     assert ready[0].startswith("trainer serves version 0")

@@ -81,3 +81,11 @@ grpc: {port: {{ .port }}}
 {{- end -}}
 
 {{- define "dapo.httpScheme" -}}{{ if .Values.tls.enabled }}HTTPS{{ else }}HTTP{{ end }}{{- end -}}
+
+{{- /* The pod securityContext of the dapo images (uid 10001): runAsUser and fsGroup. */}}
+{{- define "dapo.podSecurityContext" -}}
+{{- with .Values.podSecurityContext }}
+securityContext:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}

@@ -153,14 +153,23 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
             for key in EXPORTED:
                 if isinstance(run.latest_metrics.get(key), int | float):
                     metrics["latest"].labels(key).set(run.latest_metrics[key])  # type: ignore[attr-defined]
-            redis = request.app.state.store.redis
-            queued = await redis.xlen(keys.batch_stream(run.id)) - await redis.scard(
-                keys.applied_batches(run.id)
-            )
-            metrics["queue"].set(max(0, queued))  # type: ignore[attr-defined]
+            metrics["queue"].set(await queue_depth(request.app.state.store.redis, run.id))  # type: ignore[attr-defined]
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def queue_depth(redis: aioredis.Redis, run_id: str) -> int:
+    """Batches of the run the trainer has not acknowledged: delivered and pending, or not yet read.
+    (Acknowledged ones leave the stream, so its length alone would also count those kept for inspection.)"""
+    stream = keys.batch_stream(run_id)
+    if not await redis.exists(stream):
+        return 0
+    for group in await redis.xinfo_groups(stream):
+        name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
+        if name == keys.TRAINER_GROUP and group.get("lag") is not None:
+            return int(group["pending"]) + int(group["lag"])
+    return int(await redis.xlen(stream))  # no trainer yet (or Redis < 7.0, which reports no lag)
 
 
 def create_app_from_env() -> FastAPI:

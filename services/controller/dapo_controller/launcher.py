@@ -404,6 +404,8 @@ class Launcher:
             client.xadd(
                 keys.events_stream(self.run_id),
                 {"data": json.dumps({"kind": kind, "message": message, "time": time.time()})},
+                maxlen=self.config.services.redis_events_maxlen,
+                approximate=False,
             )
         finally:
             client.close()

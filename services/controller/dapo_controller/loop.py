@@ -32,14 +32,17 @@ import grpc
 import redis.asyncio as aioredis
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from dapo import keys, rpc
+from dapo import keys
 from dapo.config import RunConfig, parse_config
 from dapo.config.schema import MathEnvConfig
 from dapo.data import PromptCursor, PromptRow, load_from_config
 from dapo.prompts import render_text
+from dapo.stream_limits import StreamLimits
 from dapo.v1 import reward_pb2, reward_pb2_grpc, rollout_pb2
 from dapo_controller.groups import Group, Sample, build_train_batch, sample_metrics, select_groups
+from dapo_controller.reward_client import reward_channel
 from dapo_controller.rollout_pool import NoHealthyServerError, RolloutPool
+from dapo_controller.rollout_registry import RolloutRegistry
 from dapo_controller.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -128,6 +131,8 @@ class RunLoop:
         self.reward_channel: grpc.aio.Channel | None = None
         self._trainer_lost_since: float | None = None
         self._commit_batch = redis.register_script(_COMMIT_BATCH)
+        self.registry = RolloutRegistry(redis, self.config.services.rollout_server_ttl_s)
+        store.limit_streams(run_id, StreamLimits.of(self.config.services))
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -168,13 +173,7 @@ class RunLoop:
             self._server_changed,
             run_id=self.run_id,
         )
-        self.reward_channel = rpc.aio_channel(
-            self.endpoints.reward_address,
-            options=[
-                ("grpc.max_receive_message_length", 256 << 20),
-                ("grpc.max_send_message_length", 256 << 20),
-            ],
-        )
+        self.reward_channel = reward_channel(self.endpoints.reward_address)
         self.reward = reward_pb2_grpc.RewardStub(self.reward_channel)
         record = await self.store.get_run(self.run_id)
         if record is not None and record.status == "pending":
@@ -185,9 +184,8 @@ class RunLoop:
         # The trainer pushes the run's first version to the servers it finds in Redis when it starts (they
         # may serve another run's weights: versions count per run), so register the servers that answer now
         # before assigning it; those still starting fetch the version from the trainer's publisher.
-        ready = await self.pool.probe()
-        if ready:
-            await self.redis.sadd(keys.rollout_servers(), *ready)
+        await self.pool.probe()
+        await self._refresh_registry()
         await self.redis.hset(
             keys.trainer_assignment(),
             mapping={"run_id": self.run_id, "config": json.dumps(cfg.model_dump(mode="json"))},
@@ -205,6 +203,19 @@ class RunLoop:
         assigned = await self.redis.hget(keys.trainer_assignment(), "run_id")
         if assigned is not None and assigned.decode() == self.run_id:
             await self.redis.delete(keys.trainer_assignment())
+
+    async def _refresh_registry(self) -> None:
+        """The trainer pushes new weights to every server in the registry: those answering the probe
+        just made, less those silent for services.rollout_server_ttl_s."""
+        assert self.pool is not None
+        for address in await self.registry.refresh(self.pool.answering()):
+            await self.store.add_event(
+                self.run_id,
+                "rollout_pruned",
+                f"rollout server {address} did not answer for {self.registry.ttl_s:.0f} s "
+                "(services.rollout_server_ttl_s): no longer pushed weights",
+                address=address,
+            )
 
     def _server_changed(self, address: str, healthy: bool, reason: str) -> None:
         kind = "rollout_back" if healthy else "rollout_lost"
@@ -531,10 +542,8 @@ class RunLoop:
             deadline = started + self.config.services.rollout_timeout_s
         announced = False
         while True:
-            healthy = await self.pool.probe()
-            if healthy:
-                # The trainer pushes new weights to every server it finds here.
-                await self.redis.sadd(keys.rollout_servers(), *[s.address for s in self.pool.servers])
+            await self.pool.probe()
+            await self._refresh_registry()
             if self.pool.healthy():
                 return
             if time.monotonic() > deadline:

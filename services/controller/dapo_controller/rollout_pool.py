@@ -51,6 +51,7 @@ class _Server:
     in_flight: int = 0
     version: int = -1
     run_id: str = ""
+    is_answering: bool = False  # answered its last Status probe (ready or not)
 
 
 class RolloutPool:
@@ -126,8 +127,10 @@ class RolloutPool:
             try:
                 status = await server.stub.Status(rollout_pb2.StatusRequest(), timeout=probe_timeout_s)
             except grpc.aio.AioRpcError as exc:
+                server.is_answering = False
                 self._mark(server, False, f"{exc.code().name}: {exc.details()}")
                 return
+            server.is_answering = True
             server.version, server.run_id = status.policy_version, status.run_id
             if status.ready:
                 self._mark(server, True, "answers Status")
@@ -136,6 +139,10 @@ class RolloutPool:
 
         await asyncio.gather(*(one(s) for s in self.servers))
         return [s.address for s in self.servers if s.healthy]
+
+    def answering(self) -> list[str]:
+        """Addresses of the servers that answered the last probe (alive, whatever they serve)."""
+        return [s.address for s in self.servers if s.is_answering]
 
     def healthy(self) -> list[_Server]:
         """Servers in rotation that serve this pool's run at `required_version` or newer."""

@@ -1,7 +1,9 @@
 """Runs in Redis: their records, metrics and events. A restarted controller reads them back as they were.
 
 Record hash `keys.run_record(id)`; index `keys.runs_index()` (sorted by creation time); metrics and
-events are streams whose entries carry one field `data` holding a JSON object.
+events are streams whose entries carry one field `data` holding a JSON object, capped (XADD MAXLEN) at
+the limits a run's loop registers with `limit_streams` (its `services.redis_*_maxlen`; the defaults
+before that).
 
 A terminal status (succeeded, failed, stopped) is final: the check and the write happen in one Lua
 script on the Redis server, so a run stopped by a user while the loop marks it running (or finished)
@@ -19,6 +21,7 @@ import redis.asyncio as aioredis
 
 from dapo import keys
 from dapo.config import RunConfig
+from dapo.stream_limits import StreamLimits
 from dapo_controller.models import TERMINAL, RunRecord, RunStatus
 
 _JSON_FIELDS = ("config", "latest_metrics")
@@ -111,6 +114,14 @@ class RunStore:
         self.redis = redis
         self._update = redis.register_script(_UPDATE_SCRIPT)
         self._stop = redis.register_script(_STOP_SCRIPT)
+        self._stream_limits: dict[str, StreamLimits] = {}
+
+    def limit_streams(self, run_id: str, limits: StreamLimits) -> None:
+        """Cap the run's metrics and events streams at `limits` from now on."""
+        self._stream_limits[run_id] = limits
+
+    def _limits(self, run_id: str) -> StreamLimits:
+        return self._stream_limits.get(run_id) or StreamLimits()
 
     async def create_run(self, config: RunConfig, name: str | None = None) -> RunRecord:
         """Record a new pending run with its resolved config, and its `created` event."""
@@ -209,7 +220,12 @@ class RunStore:
     async def add_event(self, run_id: str, kind: str, message: str, **extra: Any) -> str:
         """Append an event {"kind", "message", "time", **extra}; returns its stream id."""
         data = {"kind": kind, "message": message, "time": time.time(), **extra}
-        entry = await self.redis.xadd(keys.events_stream(run_id), {"data": json.dumps(data)})
+        entry = await self.redis.xadd(
+            keys.events_stream(run_id),
+            {"data": json.dumps(data)},
+            maxlen=self._limits(run_id).events_maxlen,
+            approximate=False,
+        )
         return entry.decode() if isinstance(entry, bytes) else str(entry)
 
     async def add_metrics(self, run_id: str, record: dict[str, Any]) -> None:
@@ -217,7 +233,12 @@ class RunStore:
         latest_metrics and raise the run's step to it."""
         if "step" not in record or "source" not in record:
             raise ValueError("a metrics record needs 'step' and 'source'")
-        await self.redis.xadd(keys.metrics_stream(run_id), {"data": json.dumps(record)})
+        await self.redis.xadd(
+            keys.metrics_stream(run_id),
+            {"data": json.dumps(record)},
+            maxlen=self._limits(run_id).metrics_maxlen,
+            approximate=False,
+        )
         run = await self.get_run(run_id)
         if run is not None:
             latest = {**run.latest_metrics, **{k: v for k, v in record.items() if k != "source"}}

@@ -15,6 +15,10 @@ from dapo_reward.scoring import Item, Scorer
 GRADING_FIELDS = [f.name for f in reward_pb2.MathVerifyOptions.DESCRIPTOR.fields]
 
 MAX_MESSAGE_BYTES = 512 << 20  # a 10,000-item batch of long answers
+# Each client connection is closed after this long (once its calls finish, within the grace), so that
+# clients balancing over a headless Service resolve it again and find pods added since.
+MAX_CONNECTION_AGE_S = 120
+MAX_CONNECTION_AGE_GRACE_S = 3600
 SERVICE_NAME = "dapo.v1.Reward"
 
 
@@ -45,6 +49,8 @@ async def build_grpc_server(scorer: Scorer, address: str) -> tuple[grpc.aio.Serv
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_S * 1000),
+            ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_S * 1000),
         ],
     )
     reward_pb2_grpc.add_RewardServicer_to_server(RewardServicer(scorer), server)

@@ -6,6 +6,13 @@ Reading (rank 0, consumer group `keys.TRAINER_GROUP`): on start every pending en
 from id 0), and only then new entries (`>`). An entry stays pending until the checkpoint that includes
 it is committed, so after a crash the unacknowledged batches come back in order.
 
+Trimming: `trim_acknowledged` deletes every entry before the oldest one a restore could still need, the
+group's first pending entry (or, with none pending, the first never delivered), but the newest
+`keep_acknowledged` of them. Every entry before that point is acknowledged, which happens only once a
+committed checkpoint covers the batch (or the batch was dead-lettered, its payload copied to the
+dead-letter stream, or skipped as already applied). It runs after every XACK and when the stream is
+opened, so a crash between an XACK and its trim leaves nothing behind for good.
+
 Splitting: the batch's sequences form consecutive optimizer steps of `train_global_batch_size`;
 each step's sequences are split into contiguous shares, one per rank, and each share into micro-batches
 (`train_micro_batch_size` sequences, or packed up to `max_tokens_per_microbatch` padded tokens).
@@ -41,15 +48,23 @@ class StreamEntry:
 class BatchStream:
     """Rank 0's view of `keys.batch_stream(run_id)` through the trainer consumer group."""
 
-    def __init__(self, redis: RetryingRedis, run_id: str, consumer: str | None = None) -> None:
+    def __init__(
+        self,
+        redis: RetryingRedis,
+        run_id: str,
+        consumer: str | None = None,
+        keep_acknowledged: int = 0,
+    ) -> None:
         self.redis = redis
         self.run_id = run_id
         self.stream = keys.batch_stream(run_id)
         self.group = keys.TRAINER_GROUP
         self.consumer = consumer or f"trainer-{socket.gethostname()}-{os.getpid()}"
+        self.keep_acknowledged = keep_acknowledged
         self._history_cursor: str | None = "0"
         self._ensure_group()
         self._claim_pending()
+        self.trim_acknowledged()
 
     def _ensure_group(self) -> None:
         groups = self.redis.xinfo_groups(self.stream) if self.redis.exists(self.stream) else []
@@ -103,8 +118,31 @@ class BatchStream:
         return StreamEntry(_text(entry_id), fields)
 
     def ack(self, entry_ids: Sequence[str]) -> None:
+        """Acknowledge the entries, then trim what no restore can need any more."""
         if entry_ids:
             self.redis.xack(self.stream, self.group, *entry_ids)
+            self.trim_acknowledged()
+
+    def first_needed_id(self) -> str:
+        """The id of the oldest entry a restore could still need: the first pending one, else the one
+        after the last delivered (every entry before it is acknowledged)."""
+        pending = self.redis.xpending(self.stream, self.group)
+        if pending["pending"]:
+            return _text(pending["min"])
+        group = next(g for g in self.redis.xinfo_groups(self.stream) if _text(g["name"]) == self.group)
+        millis, _, seq = _text(group["last-delivered-id"]).partition("-")
+        return f"{millis}-{int(seq) + 1}"
+
+    def trim_acknowledged(self) -> int:
+        """Delete the entries before `first_needed_id` but the newest `keep_acknowledged` of them;
+        returns how many were deleted."""
+        cutoff = self.first_needed_id()
+        if self.keep_acknowledged:
+            kept = self.redis.xrevrange(self.stream, max=f"({cutoff}", count=self.keep_acknowledged)
+            if len(kept) < self.keep_acknowledged:
+                return 0
+            cutoff = _text(kept[-1][0])
+        return int(self.redis.xtrim(self.stream, minid=cutoff, approximate=False))
 
 
 def _text(value: bytes | str) -> str:

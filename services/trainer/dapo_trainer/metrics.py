@@ -3,7 +3,8 @@ Prometheus metrics on `--metrics-port`.
 
 Metric records go to `keys.metrics_stream(run_id)` as field `data` = JSON {"step", "source": "trainer",
 "version", "train/...", "time/..."}; events to `keys.events_stream(run_id)` as field `data` =
-JSON {"kind", "message", "time", ...}.
+JSON {"kind", "message", "time", ...}. Both streams are capped (XADD MAXLEN) at the run's
+`services.redis_metrics_maxlen` / `services.redis_events_maxlen` (dapo.stream_limits).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from dapo import keys
+from dapo.stream_limits import StreamLimits
 from dapo_trainer.redis_io import RetryingRedis
 
 log = logging.getLogger(__name__)
@@ -50,18 +52,29 @@ def start_metrics_server(port: int | None, host: str = "0.0.0.0") -> None:
 class RunReporter:
     """Writes one run's metric records and events."""
 
-    def __init__(self, redis: RetryingRedis, run_id: str) -> None:
+    def __init__(self, redis: RetryingRedis, run_id: str, limits: StreamLimits | None = None) -> None:
         self.redis = redis
         self.run_id = run_id
+        self.limits = limits or StreamLimits()
 
     def event(self, kind: str, message: str, **extra: Any) -> None:
         record = {"kind": kind, "message": message, "time": time.time(), "source": "trainer", **extra}
-        self.redis.xadd(keys.events_stream(self.run_id), {"data": json.dumps(record)})
+        self.redis.xadd(
+            keys.events_stream(self.run_id),
+            {"data": json.dumps(record)},
+            maxlen=self.limits.events_maxlen,
+            approximate=False,
+        )
 
     def step(self, step: int, version: int, metrics: dict[str, float]) -> None:
         record: dict[str, Any] = {"step": step, "source": "trainer", "version": version}
         record.update({k: (v if math.isfinite(v) else None) for k, v in metrics.items()})
-        self.redis.xadd(keys.metrics_stream(self.run_id), {"data": json.dumps(record)})
+        self.redis.xadd(
+            keys.metrics_stream(self.run_id),
+            {"data": json.dumps(record)},
+            maxlen=self.limits.metrics_maxlen,
+            approximate=False,
+        )
         POLICY_VERSION.set(version)
         BATCHES.inc()
         OPTIMIZER_STEPS.inc(metrics.get("train/num_optimizer_steps", 0))

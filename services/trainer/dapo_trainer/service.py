@@ -26,6 +26,7 @@ import redis as redis_lib
 
 from dapo import auth, keys
 from dapo.config import RunConfig, load_config
+from dapo.stream_limits import StreamLimits
 from dapo_trainer.distributed import DistContext, broadcast, setup_distributed, teardown_distributed
 from dapo_trainer.main import TrainerOptions
 from dapo_trainer.metrics import PUSH_FAILURES, RunReporter, start_metrics_server
@@ -196,7 +197,7 @@ def _open_outlet(
     options: TrainerOptions, redis: RetryingRedis, run_id: str, config: RunConfig
 ) -> WeightOutlet:
     """The weight publisher of one run: its push targets, and push failures as its events."""
-    reporter = RunReporter(redis, run_id)
+    reporter = RunReporter(redis, run_id, StreamLimits.of(config.services))
 
     def on_push_failure(address: str, message: str) -> None:
         PUSH_FAILURES.inc()
@@ -228,7 +229,12 @@ def report_trainer_error(redis_url: str, run_id: str, rank: int, exc: BaseExcept
     try:
         with client.pipeline(transaction=True) as pipe:
             pipe.hset(keys.trainer_error(run_id), mapping=record)
-            pipe.xadd(keys.events_stream(run_id), {"data": json.dumps({**event, "source": "trainer"})})
+            pipe.xadd(
+                keys.events_stream(run_id),
+                {"data": json.dumps({**event, "source": "trainer"})},
+                maxlen=StreamLimits().events_maxlen,  # the run's config may be what failed
+                approximate=False,
+            )
             pipe.execute()
     except redis_lib.RedisError as report_exc:
         log.warning("could not report the error to run %s: %s", run_id, report_exc)

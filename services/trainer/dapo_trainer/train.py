@@ -3,7 +3,8 @@ then looping over the TrainBatches rank 0 reads.
 
 Per TrainBatch (all ranks unless noted): train (dapo_trainer.step) -> bump the version -> gather the
 full weights -> checkpoint when due -> (rank 0) publish the weights -> SET the version key -> XACK
-the batches the newest checkpoint covers -> SADD them to the applied set -> XADD the metrics.
+the batches the newest checkpoint covers (and trim them from the stream) -> SADD them to the applied
+set -> XADD the metrics.
 A batch is acknowledged only once a committed checkpoint includes it, so after a crash the restored
 checkpoint plus the redelivered batches give the parameters of an uninterrupted run.
 """
@@ -20,6 +21,7 @@ import torch
 from dapo import keys
 from dapo.batch import BatchFormatError, TrainBatch
 from dapo.config import RunConfig
+from dapo.stream_limits import StreamLimits
 from dapo_trainer import metrics as prom
 from dapo_trainer.batches import BatchStream, decode_batch
 from dapo_trainer.checkpoint import TrainerState, checkpoint_root, restore_latest, save_checkpoint
@@ -113,16 +115,16 @@ def setup_state(
     return state
 
 
-def setup_io(services: Services, run_id: str, state: TrainerState) -> RunIO | None:
+def setup_io(services: Services, run_id: str, state: TrainerState, config: RunConfig) -> RunIO | None:
     if not services.ctx.is_main:
         return None
     assert services.redis is not None
     if len(state.ledger):
         # The applied set mirrors the checkpointed ledger; a crash between XACK and SADD left it short.
         services.redis.sadd(keys.applied_batches(run_id), *[e.batch_id for e in state.ledger.entries])
-    return RunIO(
-        services.redis, run_id, BatchStream(services.redis, run_id), RunReporter(services.redis, run_id)
-    )
+    stream = BatchStream(services.redis, run_id, keep_acknowledged=config.services.redis_keep_applied_batches)
+    reporter = RunReporter(services.redis, run_id, StreamLimits.of(config.services))
+    return RunIO(services.redis, run_id, stream, reporter)
 
 
 def resolve_weights_dtype(requested: str, info: ModelInfo) -> str:
@@ -213,7 +215,7 @@ def train(config: RunConfig, run_id: str, services: Services) -> str:
         optimizer=optimizer,
         scheduler=scheduler,
         state=state,
-        io=setup_io(services, run_id, state),
+        io=setup_io(services, run_id, state, config),
     )
     _set_heartbeat(services, run_id, state)
     # Announce the current version (0, or the restored one) and push it: versions count per run, so the
@@ -373,7 +375,8 @@ def _publish(services: Services, io: RunIO, version: int, full: dict[str, torch.
 
 
 def _acknowledge(io: RunIO) -> None:
-    """XACK, then SADD to the applied set, every batch a committed checkpoint now covers."""
+    """XACK (which trims them from the stream), then SADD to the applied set, every batch a committed
+    checkpoint now covers."""
     if not io.uncommitted:
         return
     io.stream.ack([e.stream_id for e in io.uncommitted])
