@@ -4,19 +4,14 @@
 # its own configuration under a temporary folder, starts munged, slurmctld and two slurmd, and stops them.
 # Skipped (with a note) where apt or root is not available; the test then skips (fails under CI=true).
 set -euo pipefail
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "$0")/apt-install.sh"
 missing=()
 for tool in slurmctld slurmd sbatch srun; do
   command -v "$tool" >/dev/null 2>&1 || { missing+=(slurm-wlm); break; }
 done
 command -v munged >/dev/null 2>&1 || missing+=(munge)
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
-      || echo "note: could not apt-get install ${missing[*]}"
-  else
-    echo "note: ${missing[*]} missing and not installable here (needs root and apt)"
-  fi
-fi
+apt_install "${missing[@]}"
 if command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1; then
   echo "slurm $(slurmctld -V 2>/dev/null | awk '{print $2}'), $(munged -V 2>/dev/null | head -1)"
 else

@@ -70,22 +70,34 @@ async def feed(client: aioredis.Redis, run_id: str, steps: int) -> None:
             await client.xadd(keys.metrics_stream(run_id), {"data": json.dumps(record)})
 
 
-def test_a_stuck_init_is_given_up_on_with_an_error(
-    redis_server: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, short_deadlines: None, caplog: Any
-) -> None:
-    fake = install(monkeypatch, {"init"})
+def follow(redis_url: str, tmp_path: Any, run_id: str, steps: int | None, caplog: Any) -> tuple[Any, float]:
+    """Start a follower for `run_id`; with `steps`, feed that many steps and close it. Returns what
+    start_follower returned and the seconds it all took (errors logged go to `caplog`)."""
 
     async def scenario() -> Any:
-        client = aioredis.Redis.from_url(redis_server.url)
+        client = aioredis.Redis.from_url(redis_url)
         try:
-            return await wandb_log.start_follower("run-a", config(tmp_path), client)
+            follower = await wandb_log.start_follower(run_id, config(tmp_path), client)
+            if steps is not None:
+                assert follower is not None
+                await feed(client, run_id, steps)
+                await follower.close()  # logs what is left, then finishes
+            return follower
         finally:
             await client.aclose()
 
     started = time.monotonic()
     with caplog.at_level(logging.ERROR, logger=wandb_log.__name__):
-        assert asyncio.run(scenario()) is None
-    assert time.monotonic() - started < 5
+        follower = asyncio.run(asyncio.wait_for(scenario(), 30))
+    return follower, time.monotonic() - started
+
+
+def test_a_stuck_init_is_given_up_on_with_an_error(
+    redis_server: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, short_deadlines: None, caplog: Any
+) -> None:
+    fake = install(monkeypatch, {"init"})
+    follower, took_s = follow(redis_server.url, tmp_path, "run-a", None, caplog)
+    assert follower is None and took_s < 5
     assert (
         "run run-a: W&B init did not return within 0.5 s; the run goes on without W&B logging" in caplog.text
     )
@@ -96,19 +108,8 @@ def test_a_stuck_finish_or_log_does_not_hold_the_close(
     redis_server: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, short_deadlines: None, caplog: Any
 ) -> None:
     fake = install(monkeypatch, {"finish"})
-
-    async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_server.url)
-        follower = await wandb_log.start_follower("run-b", config(tmp_path), client)
-        assert follower is not None
-        await feed(client, "run-b", 2)
-        await follower.close()  # logs what is left; finish blocks and is given up on
-        await client.aclose()
-
-    started = time.monotonic()
-    with caplog.at_level(logging.ERROR, logger=wandb_log.__name__):
-        asyncio.run(asyncio.wait_for(scenario(), 30))
-    assert time.monotonic() - started < 10
+    _, took_s = follow(redis_server.url, tmp_path, "run-b", 2, caplog)
+    assert took_s < 10
     assert [step for step, _ in fake.logged] == [0, 1]
     assert not fake.finished
     assert "run run-b: W&B finish did not return within 0.5 s; its W&B files may be incomplete" in caplog.text
@@ -117,19 +118,8 @@ def test_a_stuck_finish_or_log_does_not_hold_the_close(
     # A stuck log: logging stops after the first deadline (no wait per step), finish is not attempted.
     caplog.clear()
     fake = install(monkeypatch, {"log"})
-
-    async def stuck_log() -> None:
-        client = aioredis.Redis.from_url(redis_server.url)
-        follower = await wandb_log.start_follower("run-c", config(tmp_path), client)
-        assert follower is not None
-        await feed(client, "run-c", 5)
-        await follower.close()
-        await client.aclose()
-
-    started = time.monotonic()
-    with caplog.at_level(logging.ERROR, logger=wandb_log.__name__):
-        asyncio.run(asyncio.wait_for(stuck_log(), 30))
-    assert time.monotonic() - started < 5
+    _, took_s = follow(redis_server.url, tmp_path, "run-c", 5, caplog)
+    assert took_s < 5
     assert caplog.text.count("W&B log did not return within 0.5 s; W&B logging stops, the run goes on") == 1
     assert not fake.finished
     fake.release.set()
