@@ -33,10 +33,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _DEFAULT_TIMEOUT_S = float(os.environ.get("DAPO_WANDB_TIMEOUT_S", "0") or 0)
-INIT_TIMEOUT_S = _DEFAULT_TIMEOUT_S or 180.0
+INIT_TIMEOUT_S = _DEFAULT_TIMEOUT_S or 240.0
 """Seconds `wandb.init` may take (offline W&B took from 4 s to over 2 minutes on a loaded machine)."""
 LOG_TIMEOUT_S = _DEFAULT_TIMEOUT_S or 60.0
-FINISH_TIMEOUT_S = _DEFAULT_TIMEOUT_S or 180.0
+FINISH_TIMEOUT_S = _DEFAULT_TIMEOUT_S or 240.0
 FOLLOW_BLOCK_MS = 1000
 
 
