@@ -5,6 +5,7 @@ dapo up [CONFIG] [key=value ...]      launch the services only
 dapo config CONFIG [key=value ...]    print the resolved, validated config as JSON
 dapo make-tiny-model DIR              build the tiny CPU model, its tokenizer and task data
 dapo health http URL | grpc HOST:PORT exit 0 when a service is healthy (container healthchecks)
+dapo slurm-plan CONFIG --node N=ADDR ... where each service goes in a Slurm job (deploy/slurm/dapo.sub)
 dapo controller|rollout|reward|trainer [args]   start one service (`--help` for its flags)
 """
 
@@ -25,6 +26,7 @@ COMMANDS = {
     "config": "dapo.config.cli",
     "make-tiny-model": "dapo.tiny.cli",
     "health": "dapo.healthcheck",
+    "slurm-plan": "dapo_controller.slurm",
 }
 
 

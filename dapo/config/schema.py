@@ -326,9 +326,12 @@ class ClusterConfig(Section):
     gpus_per_node: int = Field(0, ge=0)
     """GPUs on each node (0: CPU only)."""
     num_nodes: int = Field(1, ge=1)
-    """Nodes in the trainer's torchrun group."""
+    """Nodes of the run: 1 for `dapo run`; more with deploy/slurm/dapo.sub (or the Helm chart)."""
+    rollout_nodes: int = Field(0, ge=0)
+    """Of `num_nodes`, the last ones given wholly to rollout servers (the trainer gets the others);
+    0: every node runs trainer ranks and rollout servers side by side."""
     num_rollout_servers: int = Field(1, ge=1)
-    """Rollout servers the local launcher starts."""
+    """Rollout servers of the run (on several nodes: spread over the rollout nodes in turn)."""
     rollout_gpus: int | None = Field(None, ge=0)
     """GPUs of a node given to rollout servers (the rest go to the trainer); default half."""
     trainer_processes_per_node: int | None = Field(None, ge=1)

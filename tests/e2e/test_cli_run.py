@@ -112,8 +112,11 @@ def example_run(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "examples/run_grpo_math.py"), "--config", str(CONFIG), *args]
 
 
-def check_succeeded_run(reply: subprocess.CompletedProcess[str], work: Path) -> None:
-    """Exit 0, the outcome and summary lines, and the three files, consistent with each other."""
+def check_succeeded_run(
+    reply: subprocess.CompletedProcess[str], work: Path, num_steps: int = NUM_STEPS
+) -> dict[int, float]:
+    """Exit 0, the outcome and summary lines, and the three files, consistent with each other; returns
+    the validation accuracy by step."""
     output = reply.stdout + reply.stderr
     assert reply.returncode == 0, output[-4000:]
     run_id = re.search(r"^run (\S+) submitted to ", reply.stdout, re.M)
@@ -126,13 +129,13 @@ def check_succeeded_run(reply: subprocess.CompletedProcess[str], work: Path) -> 
     steps = [r["step"] for r in rows]
     assert steps == sorted(set(steps)), steps  # one record per step
     trained = [r for r in rows if "train/loss" in r]
-    assert [r["version"] for r in trained] == list(range(1, NUM_STEPS + 1))
+    assert [r["version"] for r in trained] == list(range(1, num_steps + 1))
     assert all(0.0 <= r["train/reward"] <= 1.0 for r in trained), trained
     validated = {r["step"]: r["val/accuracy"] for r in rows if "val/accuracy" in r}
-    assert sorted(validated) == [0, NUM_STEPS], validated
-    first, last = validated[0], validated[NUM_STEPS]
+    assert sorted(validated) == [0, num_steps], validated
+    first, last = validated[0], validated[num_steps]
     summary = (
-        f"validation accuracy: {first:.1%} at step 0 -> {last:.1%} at step {NUM_STEPS} "
+        f"validation accuracy: {first:.1%} at step 0 -> {last:.1%} at step {num_steps} "
         f"({(last - first) * 100:+.1f} points)"
     )
     assert summary in reply.stdout.splitlines(), reply.stdout
@@ -150,6 +153,7 @@ def check_succeeded_run(reply: subprocess.CompletedProcess[str], work: Path) -> 
     import matplotlib.image
 
     assert matplotlib.image.imread(out / "run.png").shape[:2] == (700, 1300)  # the 13 x 7 in figure
+    return dict(validated)
 
 
 def test_dapo_run_succeeds_and_writes_its_outputs(workers: Workers, tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ redis-server; starts the reward service, the rollout server(s), the trainer and 
 submits the run over REST; shows progress; writes metrics (JSONL, TensorBoard, a PNG) under
 `logger.log_dir/<run id>/` (W&B, if enabled, is logged live by the controller, into the same folder); restarts a service that dies (a bounded number of times, as
 compose's restart policy would); exits with the run's outcome (0 only if it succeeded) and stops
-everything it started, also on Ctrl-C. `dapo up [CONFIG]` starts the services only.
+everything it started, also on Ctrl-C. `dapo up [CONFIG]` starts the services only. With
+$DAPO_CONTROLLER_URL set (deploy/slurm/dapo.sub sets it) `dapo run` starts nothing: it submits the run to
+that controller, follows it and writes its outputs the same way.
 
 On CPU the rollout servers run at a lower scheduling priority (nice ROLLOUT_CPU_NICE): vLLM's worker and
 engine processes poll their shared-memory queues in a sched_yield loop for a second after every engine
@@ -46,6 +48,9 @@ TERMINAL = {"succeeded", "failed", "stopped"}
 ROLLOUT_CPU_NICE = 10
 RECORD_GONE_GRACE_S = 60.0
 """How long `follow` waits for the controller to write back the record of a run Redis lost."""
+CONTROLLER_URL_ENV = "DAPO_CONTROLLER_URL"
+"""Set (by deploy/slurm/dapo.sub): `dapo run` starts nothing and submits the run to this controller."""
+ATTACH_READY_TIMEOUT_S = 300.0
 
 
 @dataclass
@@ -142,6 +147,82 @@ def rollout_engine_args(config: RunConfig) -> list[str]:
     return args
 
 
+def reward_args(config: RunConfig, host: str, grpc_port: int, http_port: int) -> list[str]:
+    """`dapo reward ...` for `config`'s env.math settings."""
+    math_cfg = config.env.math
+    return [
+        "reward",
+        "--host",
+        host,
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(http_port),
+        "--workers",
+        str(math_cfg.workers),
+        "--timeout",
+        str(math_cfg.timeout),
+        "--max-response-chars",
+        str(math_cfg.max_response_chars),
+    ]
+
+
+def rollout_args(
+    config: RunConfig, index: int, host: str, port: int, metrics_port: int, weights_address: str
+) -> list[str]:
+    """`dapo rollout ...`: server `index` of the run (its sampling seed is grpo.seed + index)."""
+    return [
+        "rollout",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+        "--weights-address",
+        weights_address,
+        "--seed",
+        str(config.grpo.seed + index),
+        *rollout_engine_args(config),
+    ]
+
+
+def trainer_args(
+    config: RunConfig, publisher_host: str, publisher_port: int | str, metrics_port: int
+) -> list[str]:
+    """`dapo trainer ...` (one rank's arguments; under torchrun every rank gets the same)."""
+    return [
+        "trainer",
+        "--publisher-host",
+        publisher_host,
+        "--publisher-port",
+        str(publisher_port),
+        "--metrics-port",
+        str(metrics_port),
+        "--redis-retry-timeout",
+        str(config.services.redis_timeout_s),
+    ]
+
+
+def controller_args(
+    config: RunConfig, host: str, port: int, rollout_addresses: list[str], reward_address: str
+) -> list[str]:
+    """`dapo controller ...` driving these rollout servers and this reward service."""
+    return [
+        "controller",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--rollout-addresses",
+        ",".join(rollout_addresses),
+        "--reward-address",
+        reward_address,
+        "--redis-retry-timeout",
+        str(config.services.redis_timeout_s),
+    ]
+
+
 def check_wandb(config: RunConfig) -> None:
     """W&B is an optional extra: say how to get it before anything starts."""
     if not config.logger.wandb_enabled:
@@ -166,11 +247,12 @@ def check_model(config: RunConfig) -> None:
 
 
 def check_layout(config: RunConfig) -> None:
-    """What this launcher cannot lay out: several nodes (scripts/slurm/dapo.sub does that)."""
+    """What this launcher cannot lay out: several nodes (deploy/slurm/dapo.sub and the Helm chart do)."""
     if config.cluster.num_nodes > 1:
         raise ConfigError(
             f"cluster.num_nodes is {config.cluster.num_nodes}: `dapo run` starts every service on this node; "
-            "spread a run over several nodes with the Helm chart (helm/dapo)"
+            f"spread a run over several nodes with Slurm (sbatch --nodes={config.cluster.num_nodes} "
+            "deploy/slurm/dapo.sub) or the Helm chart (helm/dapo)"
         )
 
 
@@ -220,27 +302,9 @@ class Launcher:
         if not self.reward_address:
             port = free_port()
             self.reward_address = f"127.0.0.1:{port}"
-            math_cfg = cfg.env.math
             self.services.append(
                 ServiceProcess(
-                    "reward",
-                    [
-                        *py,
-                        "reward",
-                        "--host",
-                        "127.0.0.1",
-                        "--grpc-port",
-                        str(port),
-                        "--http-port",
-                        str(free_port()),
-                        "--workers",
-                        str(math_cfg.workers),
-                        "--timeout",
-                        str(math_cfg.timeout),
-                        "--max-response-chars",
-                        str(math_cfg.max_response_chars),
-                    ],
-                    logs / "reward.log",
+                    "reward", [*py, *reward_args(cfg, "127.0.0.1", port, free_port())], logs / "reward.log"
                 )
             )
         self.weights_address = cfg.services.weights_address or f"127.0.0.1:{free_port()}"
@@ -258,18 +322,7 @@ class Launcher:
                         f"rollout-{i}",
                         [
                             *py,
-                            "rollout",
-                            "--host",
-                            "127.0.0.1",
-                            "--port",
-                            str(port),
-                            "--metrics-port",
-                            str(free_port()),
-                            "--weights-address",
-                            self.weights_address,
-                            "--seed",
-                            str(cfg.grpo.seed + i),
-                            *rollout_engine_args(cfg),
+                            *rollout_args(cfg, i, "127.0.0.1", port, free_port(), self.weights_address),
                         ],
                         logs / f"rollout-{i}.log",
                         env=env,
@@ -279,17 +332,7 @@ class Launcher:
         if not cfg.services.weights_address:
             nproc = cfg.cluster.trainer_processes_per_node or max(1, len(trainer_gpus))
             publisher_port = self.weights_address.rsplit(":", 1)[1]
-            trainer_args = [
-                "trainer",
-                "--publisher-host",
-                "127.0.0.1",
-                "--publisher-port",
-                publisher_port,
-                "--metrics-port",
-                str(free_port()),
-                "--redis-retry-timeout",
-                str(cfg.services.redis_timeout_s),
-            ]
+            trainer = trainer_args(cfg, "127.0.0.1", publisher_port, free_port())
             if nproc > 1:
                 cmd = [
                     sys.executable,
@@ -299,10 +342,10 @@ class Launcher:
                     f"--master_port={free_port()}",
                     "-m",
                     "dapo.cli",
-                    *trainer_args,
+                    *trainer,
                 ]
             else:
-                cmd = [*py, *trainer_args]
+                cmd = [*py, *trainer]
             env = {"CUDA_VISIBLE_DEVICES": ",".join(trainer_gpus)} if trainer_gpus else {}
             self.services.append(ServiceProcess("trainer", cmd, logs / "trainer.log", env=env))
         self.controller_port = free_port()
@@ -321,17 +364,13 @@ class Launcher:
             "controller",
             [
                 *py,
-                "controller",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.controller_port),
-                "--rollout-addresses",
-                ",".join(self.rollout_addresses),
-                "--reward-address",
-                self.reward_address,
-                "--redis-retry-timeout",
-                str(self.config.services.redis_timeout_s),
+                *controller_args(
+                    self.config,
+                    "127.0.0.1",
+                    self.controller_port,
+                    self.rollout_addresses,
+                    self.reward_address,
+                ),
             ],
             logs / "controller.log",
         )
@@ -567,11 +606,14 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"dapo {mode}: {exc}", file=sys.stderr)
         return 2
+    # Under deploy/slurm/dapo.sub the services run already, over the job's nodes: submit to them.
+    attached = os.environ.get(CONTROLLER_URL_ENV) if mode == "run" else None
     try:
-        check_layout(config)
-        check_model(config)
-        check_wandb(config)
-        _gpu_split(config)
+        if not attached:
+            check_layout(config)
+            check_model(config)
+            check_wandb(config)
+            _gpu_split(config)
     except ConfigError as exc:
         print(f"dapo {mode}: {exc}", file=sys.stderr)
         return 2
@@ -587,7 +629,11 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        launcher.start()
+        if attached:
+            launcher.controller_url = attached.rstrip("/")
+            launcher._wait_ready(ATTACH_READY_TIMEOUT_S)
+        else:
+            launcher.start()
         if mode == "up":
             print(
                 f"controller {launcher.controller_url}  reward {launcher.reward_address}  "
@@ -598,7 +644,8 @@ def main(argv: list[str]) -> int:
                 launcher.supervise()
                 time.sleep(1.0)
         run_id = launcher.submit()
-        print(f"run {run_id} submitted to {launcher.controller_url} (logs: {work_dir})")
+        where = "" if attached else f" (logs: {work_dir})"
+        print(f"run {run_id} submitted to {launcher.controller_url}{where}")
         try:
             run = launcher.follow()
         except KeyboardInterrupt:

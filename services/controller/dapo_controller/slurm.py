@@ -1,0 +1,257 @@
+"""`dapo slurm-plan`: where each service of a run goes in a Slurm job; deploy/slurm/dapo.sub runs the plan.
+
+`cluster.num_nodes` and `cluster.gpus_per_node` decide the layout over the job's nodes (in the order
+`scontrol show hostnames` lists them):
+
+- node 0 runs Redis, the controller and the reward service;
+- the trainer is ONE torchrun group over the trainer nodes (every node but the last `cluster.rollout_nodes`),
+  `cluster.trainer_processes_per_node` ranks on each (default: the node's trainer GPUs, or 1 on CPU);
+- the `cluster.num_rollout_servers` rollout servers go to the rollout nodes in turn (the last
+  `cluster.rollout_nodes`, or every node when it is 0). A node that runs both gives its first
+  `cluster.rollout_gpus` GPUs (default half) to its rollout servers and the rest to its trainer ranks, as
+  `dapo run` does on one node; a node given to one side gives it all its GPUs.
+
+Services listen on their node's address (from `scontrol show node`, since node names need not resolve),
+on ports counted from `--port-base`, each service its own (simulated nodes of one host share them).
+
+The plan is printed as tab-separated lines, read by the batch script:
+    var  NAME  VALUE                               (REDIS_ADDRESS, CONTROLLER_URL, WEIGHTS_ADDRESS)
+    step NAME  NODE[,NODE...]  SHELL-COMMAND        (one srun task on each node; its log is NAME.log,
+                                                    or NAME-<node>.log for a step over several nodes)
+The commands refer to $DAPO_REDIS_PASSWORD, $SLURM_NODEID, ... which the task's shell expands, so no
+secret is ever part of the plan or of a command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dapo import auth
+from dapo.config import ConfigError, RunConfig, load_config
+from dapo.local_redis import redis_server_binary
+from dapo_controller.launcher import (
+    ROLLOUT_CPU_NICE,
+    _gpu_split,
+    check_model,
+    check_wandb,
+    controller_args,
+    reward_args,
+    rollout_args,
+    trainer_args,
+)
+
+# Port offsets from --port-base, one per service (rollout server i: ROLLOUT + 2i and ROLLOUT + 2i + 1).
+REDIS, CONTROLLER, REWARD_GRPC, REWARD_HTTP, WEIGHTS, TRAINER_METRICS, TORCHRUN = range(7)
+ROLLOUT = 10
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    address: str
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    nodes: tuple[Node, ...]
+    command: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Node indices of each part, and the CUDA devices each part gets on its nodes."""
+
+    trainer_nodes: list[int]
+    trainer_gpus: list[str]
+    trainer_nproc: int
+    rollout_nodes: list[int]  # of server i
+    rollout_gpus: list[list[str]]  # of server i
+
+
+def layout(config: RunConfig) -> Layout:
+    """The layout of `config` over cluster.num_nodes nodes (ConfigError naming the key that does not fit)."""
+    c = config.cluster
+    nodes, dedicated = c.num_nodes, c.rollout_nodes
+    if dedicated >= nodes:
+        raise ConfigError(
+            f"cluster.rollout_nodes ({dedicated}) must leave the trainer at least one of cluster.num_nodes ({nodes})"
+        )
+    trainer_nodes = list(range(nodes - dedicated))
+    rollout_nodes = list(range(nodes - dedicated, nodes)) if dedicated else list(range(nodes))
+    servers = c.num_rollout_servers
+    if c.gpus_per_node and servers % len(rollout_nodes):
+        raise ConfigError(
+            f"cluster.num_rollout_servers ({servers}) must be a multiple of the {len(rollout_nodes)} node(s) "
+            "that run rollout servers, so that every node splits its GPUs alike"
+        )
+    per_node = -(-servers // len(rollout_nodes))
+    if not dedicated:
+        # Every node is split as `dapo run` splits one node.
+        node_rollout, trainer_gpus = _gpu_split(
+            config.model_copy(update={"cluster": c.model_copy(update={"num_rollout_servers": per_node})})
+        )
+    else:
+        ids = [str(i) for i in range(c.gpus_per_node)]
+        trainer_gpus = ids
+        share = len(ids) // per_node
+        tensor_parallel = config.policy.generation.vllm_cfg.tensor_parallel_size
+        if ids and share < tensor_parallel:
+            raise ConfigError(
+                f"policy.generation.vllm_cfg.tensor_parallel_size ({tensor_parallel}) is more than the {share} "
+                f"GPU(s) each of the {per_node} rollout server(s) of a node gets of cluster.gpus_per_node ({len(ids)})"
+            )
+        node_rollout = [ids[j * share : (j + 1) * share] for j in range(per_node)]
+    return Layout(
+        trainer_nodes=trainer_nodes,
+        trainer_gpus=trainer_gpus,
+        trainer_nproc=c.trainer_processes_per_node or max(1, len(trainer_gpus)),
+        rollout_nodes=[rollout_nodes[i % len(rollout_nodes)] for i in range(servers)],
+        rollout_gpus=[node_rollout[i // len(rollout_nodes)] for i in range(servers)],
+    )
+
+
+def plan(
+    config: RunConfig, nodes: list[Node], job_dir: Path, port_base: int, python: str
+) -> tuple[dict[str, str], list[Step]]:
+    """The variables and steps of a job over `nodes` (ConfigError when they do not fit the config)."""
+    if len(nodes) != config.cluster.num_nodes:
+        raise ConfigError(
+            f"the job has {len(nodes)} node(s) but cluster.num_nodes is {config.cluster.num_nodes}: "
+            f"submit it with sbatch --nodes={config.cluster.num_nodes} (or set cluster.num_nodes={len(nodes)})"
+        )
+    lay = layout(config)
+    py = [python, "-m", "dapo.cli"]
+    head = nodes[0]
+    trainer_head = nodes[lay.trainer_nodes[0]]
+    weights = f"{trainer_head.address}:{port_base + WEIGHTS}"
+    rollout_addresses = [
+        f"{nodes[n].address}:{port_base + ROLLOUT + 2 * i}" for i, n in enumerate(lay.rollout_nodes)
+    ]
+    reward = f"{head.address}:{port_base + REWARD_GRPC}"
+    scheme = "https" if auth.tls_files() is not None else "http"
+    variables = {
+        "REDIS_ADDRESS": f"{head.address}:{port_base + REDIS}",
+        "CONTROLLER_URL": f"{scheme}://{head.address}:{port_base + CONTROLLER}",
+        "WEIGHTS_ADDRESS": weights,
+    }
+    redis_dir = job_dir / "redis"
+    redis = [
+        redis_server_binary(), "-", "--bind", head.address, "--port", str(port_base + REDIS),
+        "--dir", str(redis_dir), "--appendonly", "yes", "--save", "", "--daemonize", "no",
+    ]  # fmt: skip
+    steps = [
+        # The password reaches redis-server as its configuration on stdin, not on its command line.
+        Step(
+            "redis",
+            (head,),
+            f"mkdir -p {shlex.quote(str(redis_dir))} && "
+            f"printf 'requirepass %s\\n' \"$DAPO_REDIS_PASSWORD\" | exec {shlex.join(redis)}",
+        ),
+        Step(
+            "reward",
+            (head,),
+            "exec "
+            + shlex.join(
+                [*py, *reward_args(config, head.address, port_base + REWARD_GRPC, port_base + REWARD_HTTP)]
+            ),
+        ),
+    ]
+    nnodes = len(lay.trainer_nodes)
+    torchrun = [
+        python, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={lay.trainer_nproc}",
+        f"--master_addr={trainer_head.address}", f"--master_port={port_base + TORCHRUN}",
+    ]  # fmt: skip
+    # The node rank is the task's index in the step ($SLURM_NODEID), which its shell expands.
+    trainer_cmd = f'{shlex.join(torchrun)} --node_rank="$SLURM_NODEID" ' + shlex.join(
+        [
+            "-m",
+            "dapo.cli",
+            *trainer_args(config, trainer_head.address, port_base + WEIGHTS, port_base + TRAINER_METRICS),
+        ]
+    )
+    devices = f"export CUDA_VISIBLE_DEVICES={','.join(lay.trainer_gpus)}; " if lay.trainer_gpus else ""
+    steps.append(
+        Step(
+            "trainer",
+            tuple(nodes[n] for n in lay.trainer_nodes),
+            f'echo "trainer: node rank $SLURM_NODEID of {nnodes} on $SLURMD_NODENAME, '
+            f'{lay.trainer_nproc} rank(s) per node, world size {nnodes * lay.trainer_nproc}"; '
+            f"{devices}exec {trainer_cmd}",
+        )
+    )
+    for i, n in enumerate(lay.rollout_nodes):
+        node = nodes[n]
+        gpus = lay.rollout_gpus[i]
+        # On CPU at a lower priority, as `dapo run` does (see dapo_controller.launcher).
+        prefix = (
+            f"export CUDA_VISIBLE_DEVICES={','.join(gpus)}; exec "
+            if gpus
+            else f"exec nice -n {ROLLOUT_CPU_NICE} "
+        )
+        port = port_base + ROLLOUT + 2 * i
+        args = rollout_args(config, i, node.address, port, port + 1, weights)
+        steps.append(
+            Step(
+                f"rollout-{i}",
+                (node,),
+                f'export VLLM_CPU_KVCACHE_SPACE="${{VLLM_CPU_KVCACHE_SPACE:-1}}"; {prefix}{shlex.join([*py, *args])}',
+            )
+        )
+    steps.append(
+        Step(
+            "controller",
+            (head,),
+            "exec "
+            + shlex.join(
+                [
+                    *py,
+                    *controller_args(config, head.address, port_base + CONTROLLER, rollout_addresses, reward),
+                ]
+            ),
+        )
+    )
+    return variables, steps
+
+
+def format_plan(variables: dict[str, str], steps: list[Step]) -> str:
+    lines = [f"var\t{k}\t{v}" for k, v in variables.items()]
+    for step in steps:
+        if any(c in step.command for c in "\t\n"):
+            raise ValueError(f"the command of step {step.name} holds a tab or newline")
+        lines.append(f"step\t{step.name}\t{','.join(n.name for n in step.nodes)}\t{step.command}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_node(text: str) -> Node:
+    name, sep, address = text.partition("=")
+    if not sep or not name or not address:
+        raise argparse.ArgumentTypeError(f"expected NAME=ADDRESS, got {text!r}")
+    return Node(name, address)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="dapo slurm-plan", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="YAML run config")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    parser.add_argument(
+        "--node", type=parse_node, action="append", required=True, help="NAME=ADDRESS, in job order"
+    )
+    parser.add_argument("--job-dir", type=Path, required=True, help="the job's folder (logs, Redis data)")
+    parser.add_argument("--port-base", type=int, default=18000, help="first port of the services")
+    parser.add_argument("--python", default=sys.executable, help="the Python that runs the services")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        check_model(config)
+        check_wandb(config)
+        variables, steps = plan(config, args.node, args.job_dir.resolve(), args.port_base, args.python)
+    except ConfigError as exc:
+        print(f"dapo slurm-plan: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(format_plan(variables, steps))
+    return 0
