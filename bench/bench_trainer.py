@@ -150,10 +150,15 @@ def main() -> None:
             else:
                 raise ValueError(f"unknown model '{name}' (tiny, medium)")
             print(json.dumps(results[-1]), flush=True)
-    keys = list(results[0])
+    print_table(results)
+
+
+def print_table(rows: list[dict]) -> None:
+    """`rows` as a Markdown table, one column per key of the first row."""
+    keys = list(rows[0])
     print("\n| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
-    for row in results:
+    for row in rows:
         print("| " + " | ".join(str(row[k]) for k in keys) + " |")
 
 

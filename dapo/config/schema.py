@@ -292,7 +292,8 @@ class CheckpointingConfig(Section):
     enabled: bool = True
     """Write checkpoints."""
     checkpoint_dir: str = "results/checkpoints"
-    """Where checkpoints (sharded state and Hugging Face exports) go."""
+    """Each trainer node's checkpoint directory (its own volume, or one shared by all); `{node_rank}` in
+    it is replaced by the node's rank, to keep nodes on one filesystem apart."""
     save_period: int = Field(10, ge=1)
     """Checkpoint every this many steps (and at the end)."""
     keep_top_k: int | None = Field(3, ge=1)
@@ -302,6 +303,15 @@ class CheckpointingConfig(Section):
     """NeMo RL's `val:<metric>` or `train:<metric>` (e.g. `val:accuracy`) that ranks checkpoints."""
     higher_is_better: bool = True
     """Whether a larger `metric_name` is better."""
+
+    @model_validator(mode="after")
+    def _check_placeholders(self) -> CheckpointingConfig:
+        rest = self.checkpoint_dir.replace("{node_rank}", "")
+        if "{" in rest or "}" in rest:
+            raise ValueError(
+                f"checkpointing.checkpoint_dir '{self.checkpoint_dir}': the only placeholder is {{node_rank}}"
+            )
+        return self
 
 
 class WandbConfig(Section):

@@ -5,12 +5,16 @@ against a real Redis, fed TrainBatches through the run's stream.
 - a trainer SIGKILLed mid-run and restarted resumes from its checkpoint and ends with the parameters
   of an uninterrupted run, every batch applied exactly once; the weights it publishes equal its
   checkpoint; it releases the run when the run record says it ended;
+- a two-node trainer (two torchrun agents, `--nnodes=2`), each node with its own checkpoint directory,
+  SIGKILLed and restarted, resumes exactly like the trainer above, and a one-rank restore of a two-node
+  checkpoint in a shared directory re-shards it;
 - malformed batches land in the dead-letter stream, naming the batch and the field, and training goes on;
 - the Hugging Face export reloads in transformers with the trainer's own log-probs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dapo_trainer.synthetic import make_batch
+from safetensors.torch import load_file
 
 from dapo import keys
 from dapo.local_redis import free_port
@@ -31,7 +36,9 @@ pytestmark = pytest.mark.slow
 VOCAB_SIZE = 512
 
 
-def _write_config(tmp_path: Path, model_dir: Path, num_steps: int, save_period: int) -> Path:
+def _write_config(
+    tmp_path: Path, model_dir: Path, num_steps: int, save_period: int, **checkpointing: object
+) -> Path:
     config = {
         "policy": {
             "model_name": str(model_dir),
@@ -45,7 +52,11 @@ def _write_config(tmp_path: Path, model_dir: Path, num_steps: int, save_period: 
             "optimizer": {"lr": 1e-3, "eps": 1e-4, "weight_decay": 0.0},
         },
         "grpo": {"num_prompts_per_step": 2, "num_generations_per_prompt": 4, "max_num_steps": num_steps},
-        "checkpointing": {"checkpoint_dir": str(tmp_path / "checkpoints"), "save_period": save_period},
+        "checkpointing": {
+            "checkpoint_dir": str(tmp_path / "checkpoints"),
+            "save_period": save_period,
+            **checkpointing,
+        },
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -66,9 +77,26 @@ def _launch(  # noqa: ANN202
     nproc: int = 1,
     exit_when_done: bool = True,
     publisher_port: int | None = None,
+    rendezvous: str | None = None,
 ):
+    """One trainer: a plain process, torchrun with `nproc` ranks, or (`rendezvous`: "host:port/id") one
+    of two single-rank torchrun agents of a `--nnodes=2` group that meet there (c10d)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if nproc == 1:
+    if rendezvous is not None:
+        endpoint, _, rendezvous_id = rendezvous.partition("/")
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc_per_node=1",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={endpoint}",
+            f"--rdzv_id={rendezvous_id}",
+            "-m",
+            "dapo.cli",
+        ]
+    elif nproc == 1:
         launcher = [sys.executable, "-m", "dapo.cli"]
     else:
         launcher = [
@@ -105,9 +133,18 @@ def _launch(  # noqa: ANN202
 
 
 def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the trainer and every process under it: torchrun starts its workers in sessions of their
+    own, which killing the agent's group alone would leave running."""
     if proc.poll() is None:
+        import psutil
+
+        workers = psutil.Process(proc.pid).children(recursive=True)
         os.killpg(proc.pid, signal.SIGKILL)
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
         proc.wait(timeout=30)
+        psutil.wait_procs(workers, timeout=30)
 
 
 def _wait(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
@@ -132,8 +169,6 @@ def _wait_for_version(
 
 
 def _export(tmp_path: Path, run_id: str, version: int):  # noqa: ANN202
-    from safetensors.torch import load_file
-
     return load_file(tmp_path / "checkpoints" / run_id / f"step_{version}" / "hf" / "model.safetensors")
 
 
@@ -151,8 +186,6 @@ def _state(tmp_path: Path, run_id: str, version: int) -> dict:
 def test_two_ranks_end_with_the_parameters_of_one_rank(
     tmp_path, redis_server, redis_client, tiny_model_dir
 ) -> None:
-    from safetensors.torch import load_file
-
     config = _write_config(tmp_path, tiny_model_dir, num_steps=3, save_period=3)
     for run_id, nproc in (("one-rank", 1), ("two-ranks", 2)):
         _add_batches(redis_client, run_id, range(3))
@@ -242,6 +275,105 @@ def test_sigkill_and_restart_resume_exactly(tmp_path, redis_server, redis_client
     assert set(steps) == set(range(num_steps))
 
 
+def _two_nodes(redis_url: str, run_id: str, config: Path, tmp_path: Path, name: str):  # noqa: ANN202
+    """The two agents of a `--nnodes=2` trainer on this machine, and their logs."""
+    rendezvous = f"127.0.0.1:{free_port()}/{name}"
+    logs = [tmp_path / f"{name}-agent{i}.log" for i in range(2)]
+    return [_launch(redis_url, run_id, config, log, rendezvous=rendezvous) for log in logs], logs
+
+
+def _wait_all(agents: list[subprocess.Popen], logs: list[Path], timeout: float = 300) -> None:
+    try:
+        for agent, log in zip(agents, logs, strict=True):
+            _wait(agent, log, timeout)
+    finally:
+        for agent in agents:
+            _kill(agent)
+
+
+def test_two_nodes_with_their_own_directories_resume_exactly_after_sigkill(
+    tmp_path, redis_server, redis_client, tiny_model_dir
+) -> None:
+    """Two torchrun agents (`--nnodes=2`, c10d rendezvous on loopback), each node with its own
+    checkpoint directory (`{node_rank}`), both SIGKILLed mid-run and restarted: they resume from the
+    newest checkpoint both nodes committed and end with the parameters of an uninterrupted run of the
+    same two nodes writing into one shared directory, every batch applied once."""
+    import torch
+    from dapo_trainer.checkpoint import REPLICATED_FILE, SHARDS_DIR, STATE_FILE, agree_on_version
+    from dapo_trainer.distributed import DistContext
+
+    num_steps = 5
+    shared = _write_config(tmp_path, tiny_model_dir, num_steps=num_steps, save_period=2, keep_top_k=2)
+    per_node = tmp_path / "per-node.yaml"
+    per_node.write_text(
+        shared.read_text().replace(str(tmp_path / "checkpoints"), str(tmp_path / "node{node_rank}" / "ckpt"))
+    )
+    node_dirs = [tmp_path / f"node{n}" / "ckpt" for n in range(2)]
+
+    # The uninterrupted reference, at the same time: both nodes write into one shared directory.
+    _add_batches(redis_client, "reference", range(num_steps))
+    uninterrupted_run = _two_nodes(redis_server.url, "reference", shared, tmp_path, "reference")
+
+    run_id = "two-nodes"
+    _add_batches(redis_client, run_id, range(4))
+    agents, logs = _two_nodes(redis_server.url, run_id, per_node, tmp_path, "first")
+    try:
+        _wait_for_version(redis_client, run_id, 3, agents[0], logs[0])
+    finally:
+        for agent in agents:
+            _kill(agent)  # SIGKILL both nodes: nothing more is checkpointed or acknowledged
+    killed_at = int(redis_client.get(keys.policy_version(run_id)))
+    committed = [
+        {p.name for p in (root / run_id).iterdir() if not p.name.endswith(".tmp")} for root in node_dirs
+    ]
+    assert committed[0] and committed[1]  # both nodes hold their own checkpoint(s)
+
+    _add_batches(redis_client, run_id, range(4, num_steps))
+    _wait_all(*_two_nodes(redis_server.url, run_id, per_node, tmp_path, "second"))
+    _wait_all(*uninterrupted_run)
+    reference = tmp_path / "checkpoints" / "reference"
+    assert sorted(p.name for p in reference.iterdir()) == ["step_4", "step_5"]  # keep_top_k=2
+    assert {p.name for p in (reference / "step_5").iterdir()} >= {"rng_rank0.pt", "rng_rank1.pt", "hf"}
+
+    for node, root in enumerate(node_dirs):
+        # Retention per node, every .tmp finalised or removed, and each node holds what a restore needs.
+        assert sorted(p.name for p in (root / run_id).iterdir()) == ["step_4", "step_5"]
+        final = root / run_id / f"step_{num_steps}"
+        assert (final / STATE_FILE).is_file() and (final / REPLICATED_FILE).is_file()
+        assert (final / SHARDS_DIR / ".metadata").is_file()
+        # No shared filesystem: each node has its own rank's shards only, and the export is on node 0.
+        assert [p.name for p in final.glob("rng_rank*.pt")] == [f"rng_rank{node}.pt"]
+        assert [p.name for p in (final / SHARDS_DIR).glob("*.distcp")] == [f"__{node}_0.distcp"]
+        assert (final / "hf").is_dir() == (node == 0)
+    ledgers = [
+        json.loads((root / run_id / "step_5" / STATE_FILE).read_text())["ledger"] for root in node_dirs
+    ]
+    assert ledgers[0] == ledgers[1]
+    expected_ids = [
+        make_batch(run_id, s, num_sequences=8, vocab_size=VOCAB_SIZE).batch_id for s in range(num_steps)
+    ]
+    assert [row["batch_id"] for row in ledgers[0]] == expected_ids  # each once, in stream order
+    assert [row["version"] for row in ledgers[0]] == list(range(1, num_steps + 1))
+    assert {m.decode() for m in redis_client.smembers(keys.applied_batches(run_id))} == set(expected_ids)
+    assert redis_client.xpending(keys.batch_stream(run_id), keys.TRAINER_GROUP)["pending"] == 0
+    events = [json.loads(f[b"data"]) for _, f in redis_client.xrange(keys.events_stream(run_id))]
+    ready = [e["message"] for e in events if e["kind"] == "trainer_ready"]
+    assert ready[1].startswith(f"trainer serves version {2 * (killed_at // 2)} on 2 rank(s)")  # restored
+
+    exported = load_file(node_dirs[0] / run_id / "step_5" / "hf" / "model.safetensors")
+    uninterrupted = load_file(reference / "step_5" / "hf" / "model.safetensors")
+    assert _max_difference(exported, uninterrupted) == 0.0
+
+    # One rank restores the shared directory's two-rank checkpoint (DCP re-shards) and computes what the
+    # export does; from one node's own directory it cannot (rank 1's shards are on the other node).
+    _check_export_matches_trainer_model(reference / "step_5", shared)
+    one_rank = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
+    with pytest.raises(
+        ValueError, match=r"no checkpoint can be restored by every rank.*committed \[4, 5\], restorable \[\]"
+    ):
+        agree_on_version(node_dirs[0] / run_id, one_rank)
+
+
 def test_bad_batches_are_dead_lettered_and_training_continues(
     tmp_path, redis_server, redis_client, tiny_model_dir
 ) -> None:
@@ -307,7 +439,7 @@ def _check_export_matches_trainer_model(checkpoint: Path, config_path: Path) -> 
         model = setup_model(config, info, ctx)
         optimizer, scheduler = build_optimizer(model, config.policy.optimizer)
         state, restored = restore_latest(checkpoint.parent, model, optimizer, scheduler, ctx)
-        assert restored == checkpoint and state.version == 2
+        assert restored == checkpoint and state.version == int(checkpoint.name.removeprefix("step_"))
         batch = make_batch("x", 9, num_sequences=4, vocab_size=VOCAB_SIZE)
         mb = collate(batch, range(4), info.pad_token_id)
         with torch.no_grad():

@@ -131,6 +131,10 @@ def test_override_file_values(tmp_path: Path) -> None:
         ),
         (["env.math.math_verify.precision=3"], "unknown key 'env.math.math_verify.precision'"),
         (
+            ["checkpointing.checkpoint_dir=/ckpt/{node}"],
+            "checkpointing.checkpoint_dir '/ckpt/{node}': the only placeholder is {node_rank}",
+        ),
+        (
             ["env.math.verifier=dapo", "env.math.math_verify.strict=false"],
             "env.math.math_verify: grading options apply only to verifier math_verify, got verifier 'dapo'",
         ),

@@ -34,3 +34,30 @@ def test_only_committed_checkpoints_count(tmp_path: Path) -> None:
     # step_4 has no state file (cut off) and step_12.tmp was never renamed.
     assert [v for v, _ in complete_checkpoints(tmp_path)] == [2, 10]
     assert complete_checkpoints(tmp_path / "missing") == []
+
+
+def test_node_directories_and_what_each_rank_can_restore(tmp_path: Path) -> None:
+    import json
+
+    import torch
+    from dapo_trainer.checkpoint import REPLICATED_FILE, checkpoint_root, restorable_versions
+    from dapo_trainer.distributed import DistContext
+
+    assert checkpoint_root("/ckpt/node{node_rank}/x", "run", 3) == Path("/ckpt/node3/x/run")
+    assert checkpoint_root("/results/checkpoints", "run", 3) == Path("/results/checkpoints/run")
+    # Saved by two ranks: step_2 holds rank 1's files, step_4 only rank 0's (another node's directory),
+    # step_6 lacks the replicated entries (cut off before they were written).
+    for version, ranks in ((2, [0, 1]), (4, [0]), (6, [0, 1])):
+        path = tmp_path / f"step_{version}"
+        path.mkdir()
+        (path / STATE_FILE).write_text(json.dumps({"world_size": 2}))
+        if version != 6:
+            (path / REPLICATED_FILE).write_bytes(b"")
+        for rank in ranks:
+            (path / f"rng_rank{rank}.pt").write_bytes(b"")
+
+    def ctx(rank: int) -> DistContext:
+        return DistContext(rank, 2, 0, torch.device("cpu"), "gloo", node_rank=rank)
+
+    assert restorable_versions(tmp_path, ctx(0)) == [2, 4]
+    assert restorable_versions(tmp_path, ctx(1)) == [2]

@@ -1,13 +1,35 @@
-"""Checkpoints: `checkpointing.checkpoint_dir/<run_id>/step_<version>/`.
+"""Checkpoints: `<node directory>/<run_id>/step_<version>/`, written per node, no shared filesystem needed.
 
-Each holds the sharded model and optimizer state (torch.distributed.checkpoint, so a restore may use
-a different number of ranks), every rank's RNG state, `trainer_state.json` (version, optimizer step,
-scheduler state, the ledger of applied batches) and `hf/`, a Hugging Face export (safetensors, config,
-tokenizer files) that transformers and vLLM load as it is.
+The node directory is `checkpointing.checkpoint_dir`, with `{node_rank}` (if present) replaced by the
+node's rank (torchrun's GROUP_RANK). Without the placeholder every node uses the same path: each node's
+own volume (a Helm StatefulSet pod's PVC, a Slurm node's local disk) or one shared directory; both work,
+and so does a mix. The placeholder keeps nodes apart when they share a filesystem or a host.
 
-Everything is written under `step_<version>.tmp/` and the directory is renamed last, so a checkpoint
-cut off mid-write is never picked: only `step_<N>` directories count. With several nodes the
-directory must be on a shared filesystem.
+A checkpoint holds:
+- `state/`: the sharded tensors (torch.distributed.checkpoint). Every rank writes its own shards into its
+  node's directory; DCP's `.metadata`, written by rank 0, is copied to every node.
+- `replicated.pt`: what every rank holds whole (optimizer scalars such as Adam's `step`, param groups,
+  unsharded buffers). DCP would store each of these once, in one rank's file on one node; kept apart,
+  every node has them.
+- `rng_rank<r>.pt`: rank r's RNG state, on its node.
+- `trainer_state.json`: version, optimizer step, world size, scheduler state and the ledger of applied
+  batches, on every node (every rank holds the same; each node's first local rank writes it).
+- `hf/`: a Hugging Face export (safetensors, config, tokenizer files) that transformers and vLLM load as
+  it is, written once, by rank 0, on node 0.
+
+Commit: everything is written under `step_<version>.tmp/`; after a barrier each node's first local rank
+renames its node's `.tmp` to `step_<version>` (in a shared directory the first one renames and the others
+find it done). Only `step_<N>` directories count, so a checkpoint cut off mid-write is never picked.
+
+Resume: each rank lists the checkpoints it can restore from its own directory (committed, with its own
+RNG file, i.e. its shards were written there; after a change of world size, with every file DCP's
+metadata names), the ranks agree on the newest version all of them can restore, and each node discards
+what is newer (a commit that did not reach every node) and any `.tmp`. Retention (`keep_top_k`) runs per
+node on the same ranking. Limits: on node-own volumes a restore needs the world size and the node ranks
+of the save (torchrun's c10d rendezvous orders nodes by host name, so a StatefulSet's pods keep theirs);
+DCP re-shards to another world size only where every rank sees every shard (a shared directory). When
+some ranks find checkpoints and no version is restorable by all, the restore fails naming what each
+rank found, instead of silently starting over.
 """
 
 from __future__ import annotations
@@ -24,9 +46,10 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.tensor import DTensor
 
-from dapo_trainer.distributed import DistContext, barrier, broadcast
+from dapo_trainer.distributed import DistContext, all_gather, barrier, broadcast
 from dapo_trainer.ledger import Ledger
 from dapo_trainer.model import ModelInfo
 
@@ -34,9 +57,14 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 HF_DIR = "hf"
+SHARDS_DIR = "state"
+REPLICATED_FILE = "replicated.pt"
+NODE_RANK_PLACEHOLDER = "{node_rank}"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 # Files of the model directory that are weights (replaced by ours) and never copied into an export.
 _WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pt|pth|ckpt|h5|msgpack)$|.*\.index\.json$")
+# The optimizer state flattened to one level, so that it splits into sharded and replicated entries.
+_FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 @dataclass
@@ -48,8 +76,9 @@ class TrainerState:
     ledger: Ledger = field(default_factory=Ledger)
 
 
-def checkpoint_root(checkpoint_dir: str, run_id: str) -> Path:
-    return Path(checkpoint_dir) / run_id
+def checkpoint_root(checkpoint_dir: str, run_id: str, node_rank: int = 0) -> Path:
+    """The directory node `node_rank` keeps run `run_id`'s checkpoints in."""
+    return Path(checkpoint_dir.replace(NODE_RANK_PLACEHOLDER, str(node_rank))) / run_id
 
 
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
@@ -96,24 +125,30 @@ def save_checkpoint(
     metric_of: Mapping[int, float] | None = None,
     higher_is_better: bool = True,
 ) -> Path:
-    """Collective: every rank calls it; rank 0 commits. `full_state_dict` is used on rank 0 only.
+    """Collective: every rank calls it with its node's `root`; each node commits its own copy.
 
-    Afterwards `keep_top_k` checkpoints survive, ranked by `metric_of[version]` when given (see
+    `full_state_dict` (the export) and `metric_of` are used on rank 0 only. Afterwards `keep_top_k`
+    checkpoints survive on every node, ranked by `metric_of[version]` when given (see
     `versions_to_keep`), plus the newest.
     """
     final = root / f"step_{state.version}"
     partial = root / f"step_{state.version}.tmp"
-    if ctx.is_main:
-        if partial.exists():
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True)
+    if ctx.is_node_first:  # leftovers of an attempt that never committed on every node
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)
+    barrier(ctx)  # every node's removals are done before any node writes (a shared directory)
+    if ctx.is_node_first:
+        (partial / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     barrier(ctx)
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(partial / "state"))
+    sharded, replicated = _split(*get_state_dict(model, optimizer, options=_FLAT))
+    dcp.save(sharded, checkpoint_id=str(partial / SHARDS_DIR))
     torch.save(_rng_state(), partial / f"rng_rank{ctx.rank}.pt")
-    barrier(ctx)
-    if ctx.is_main:
-        export_hf(partial / HF_DIR, full_state_dict, info, export_dtype)
+    dcp_files = broadcast(_dcp_global_files(partial / SHARDS_DIR) if ctx.is_main else None, ctx)
+    metric_of = broadcast(dict(metric_of) if ctx.is_main and metric_of is not None else None, ctx)
+    if ctx.is_node_first:
+        for name, data in dcp_files.items() if not ctx.is_main else ():
+            _write_atomic(partial / SHARDS_DIR / name, data, ctx)
+        _save_atomic(replicated, partial / REPLICATED_FILE, ctx)
         payload = {
             "version": state.version,
             "optimizer_step": state.optimizer_step,
@@ -121,14 +156,58 @@ def save_checkpoint(
             "scheduler": scheduler.state_dict(),
             "ledger": state.ledger.to_json(),
         }
-        (partial / STATE_FILE).write_text(json.dumps(payload, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        _write_atomic(partial / STATE_FILE, json.dumps(payload, indent=1).encode(), ctx)
+    if ctx.is_main:
+        export_hf(partial / HF_DIR, full_state_dict, info, export_dtype)
+    barrier(ctx)  # every rank's files are written on every node
+    if ctx.is_node_first:
+        _commit(partial, final)
         _prune(root, keep_top_k, metric_of, higher_is_better)
-        log.info("checkpoint %s committed (%d batches in the ledger)", final, len(state.ledger))
+        log.info(
+            "checkpoint %s committed on node %d (%d batches in the ledger)",
+            final,
+            ctx.node_rank,
+            len(state.ledger),
+        )
     barrier(ctx)
     return final
+
+
+def _split(
+    model_sd: dict[str, Any], optim_sd: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """({"model", "optim"} DTensor entries, the same keys' other entries): sharded and replicated."""
+    parts = {"model": model_sd, "optim": optim_sd}
+    sharded = {k: {n: v for n, v in sd.items() if isinstance(v, DTensor)} for k, sd in parts.items()}
+    replicated = {k: {n: v for n, v in sd.items() if not isinstance(v, DTensor)} for k, sd in parts.items()}
+    return sharded, replicated
+
+
+def _dcp_global_files(shards_dir: Path) -> dict[str, bytes]:
+    """Rank 0: the files DCP's coordinator wrote (its `.metadata`), which every node needs."""
+    return {p.name: p.read_bytes() for p in shards_dir.iterdir() if p.is_file() and p.suffix != ".distcp"}
+
+
+def _write_atomic(path: Path, data: bytes, ctx: DistContext) -> None:
+    """Write `path` whole or not at all; several nodes may write the same bytes into a shared directory."""
+    tmp = path.with_name(f"{path.name}.rank{ctx.rank}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _save_atomic(obj: object, path: Path, ctx: DistContext) -> None:
+    tmp = path.with_name(f"{path.name}.rank{ctx.rank}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _commit(partial: Path, final: Path) -> None:
+    try:
+        os.replace(partial, final)
+    except FileNotFoundError:
+        if not (final / STATE_FILE).is_file():
+            raise
+        # A shared directory: another node's first rank committed it first.
 
 
 def versions_to_keep(
@@ -158,6 +237,8 @@ def versions_to_keep(
 def _prune(
     root: Path, keep_top_k: int | None, metric_of: Mapping[int, float] | None, higher_is_better: bool
 ) -> None:
+    """Drop stale `.tmp` directories and the checkpoints retention does not keep (in a shared directory
+    several nodes may do the same removals at once: errors from a removal that lost the race are ignored)."""
     for path in root.glob("step_*.tmp"):
         shutil.rmtree(path, ignore_errors=True)
     if keep_top_k is None:
@@ -166,7 +247,52 @@ def _prune(
     keep = versions_to_keep([v for v, _ in found], keep_top_k, metric_of, higher_is_better)
     for version, path in found:
         if version not in keep:
-            shutil.rmtree(path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def restorable_versions(root: Path, ctx: DistContext) -> list[int]:
+    """Versions of the committed checkpoints under `root` (this rank's node directory) that this rank
+    can restore: its own shards are there (same world size), or every shard is (another world size)."""
+    found = []
+    for version, path in complete_checkpoints(root):
+        if not (path / REPLICATED_FILE).is_file():
+            continue
+        saved_world_size = int(json.loads((path / STATE_FILE).read_text())["world_size"])
+        if saved_world_size == ctx.world_size:
+            if (path / f"rng_rank{ctx.rank}.pt").is_file():
+                found.append(version)
+        elif _has_every_shard(path / SHARDS_DIR):
+            found.append(version)
+    return found
+
+
+def _has_every_shard(shards_dir: Path) -> bool:
+    metadata = dcp.FileSystemReader(str(shards_dir)).read_metadata()
+    names = {info.relative_path for info in (metadata.storage_data or {}).values()}
+    return all((shards_dir / name).is_file() for name in names)
+
+
+def agree_on_version(root: Path, ctx: DistContext) -> int | None:
+    """Collective: the newest version every rank can restore from its own directory; None when no rank
+    has a committed checkpoint. Raises (on every rank alike) when some have one but none is common."""
+    committed = [v for v, _ in complete_checkpoints(root)]
+    seen = all_gather((ctx.rank, ctx.node_rank, str(root), committed, restorable_versions(root, ctx)), ctx)
+    common = set.intersection(*(set(restorable) for *_, restorable in seen))
+    if common:
+        return max(common)
+    if any(found for *_, found, _ in seen):
+        per_rank = "; ".join(
+            f"rank {rank} (node {node}, {path}): committed {found}, restorable {restorable}"
+            for rank, node, path, found, restorable in seen
+        )
+        raise ValueError(
+            "checkpointing.checkpoint_dir: no checkpoint can be restored by every rank, so the run cannot "
+            f"resume ({per_rank}). A restore needs each rank's own shards in its node's directory (the "
+            "world size and node ranks of the save) or, on another world size, every shard in every "
+            "rank's directory (a shared filesystem). Restore those directories, or remove the run's "
+            "checkpoints to start it over."
+        )
+    return None
 
 
 def restore_latest(
@@ -176,18 +302,28 @@ def restore_latest(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     ctx: DistContext,
 ) -> tuple[TrainerState, Path | None]:
-    """Load the newest committed checkpoint under `root` (collective); a fresh state if there is none."""
-    latest = complete_checkpoints(root)[-1][1] if ctx.is_main and complete_checkpoints(root) else None
-    latest = broadcast(str(latest) if latest else None, ctx)
-    if latest is None:
+    """Collective: load the newest checkpoint every rank can restore (each from its node's `root`), or
+    return a fresh state if no rank has one. Each node first discards what is newer and any `.tmp`."""
+    version = agree_on_version(root, ctx)
+    if ctx.is_node_first:
+        _discard_after(root, version)
+    if version is None:
         return TrainerState(), None
-    path = Path(latest)
+    path = root / f"step_{version}"
     payload = json.loads((path / STATE_FILE).read_text())
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    state_dict: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state_dict, checkpoint_id=str(path / "state"))
+    sharded, replicated = _split(*get_state_dict(model, optimizer, options=_FLAT))
+    dcp.load(sharded, checkpoint_id=str(path / SHARDS_DIR))
+    saved = torch.load(path / REPLICATED_FILE, weights_only=True)
+    for part, entries in replicated.items():
+        missing = sorted(set(entries) - set(saved[part]))
+        if missing:
+            raise ValueError(f"checkpoint {path}: {REPLICATED_FILE} lacks {part} entries {missing[:5]}")
     set_state_dict(
-        model, optimizer, model_state_dict=state_dict["model"], optim_state_dict=state_dict["optim"]
+        model,
+        optimizer,
+        model_state_dict={**sharded["model"], **saved["model"]},
+        optim_state_dict={**sharded["optim"], **saved["optim"]},
+        options=_FLAT,
     )
     scheduler.load_state_dict(payload["scheduler"])
     rng_file = path / f"rng_rank{ctx.rank}.pt"
@@ -199,6 +335,17 @@ def restore_latest(
         ledger=Ledger.from_json(payload["ledger"]),
     )
     return state, path
+
+
+def _discard_after(root: Path, version: int | None) -> None:
+    """Remove `.tmp` directories and committed checkpoints newer than `version` (all with None): a
+    commit some node did not reach, which a later save of that version replaces."""
+    for path in root.glob("step_*.tmp"):
+        shutil.rmtree(path, ignore_errors=True)
+    for found, path in complete_checkpoints(root):
+        if version is None or found > version:
+            log.info("discarding %s: not committed on every node", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _rng_state() -> dict[str, object]:

@@ -3,6 +3,8 @@
 NCCL when CUDA is available, gloo otherwise. Without torchrun the trainer still builds a one-rank
 process group (an in-memory store), so the FSDP2 path is the same for one rank and for many.
 Rank 0 is the only rank that talks to Redis and gRPC; it shares what it reads with `broadcast`.
+A node is one torchrun agent (`GROUP_RANK`, its `node_rank`); its first local rank writes what the node
+keeps once, such as the checkpoint files every node needs (dapo_trainer.checkpoint).
 """
 
 from __future__ import annotations
@@ -26,10 +28,16 @@ class DistContext:
     local_rank: int
     device: torch.device
     backend: str
+    node_rank: int = 0  # torchrun's GROUP_RANK: which node (agent) this rank runs on
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def is_node_first(self) -> bool:
+        """Whether this is its node's first local rank (the one that writes the node's shared files)."""
+        return self.local_rank == 0
 
 
 def setup_distributed() -> DistContext:
@@ -55,6 +63,7 @@ def setup_distributed() -> DistContext:
         local_rank=local_rank,
         device=device,
         backend=backend,
+        node_rank=int(os.environ.get("GROUP_RANK", "0")),
     )
 
 
@@ -78,6 +87,15 @@ def gather_to_main(obj: Any, ctx: DistContext) -> list[Any] | None:
         return [obj]
     out: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
     dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def all_gather(obj: Any, ctx: DistContext) -> list[Any]:
+    """Every rank's `obj`, as a list on every rank."""
+    if ctx.world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
     return out
 
 

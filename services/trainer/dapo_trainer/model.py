@@ -177,17 +177,25 @@ def load_model(
     temperature: float,
     config_overrides: Mapping[str, Any] | None = None,
     activation_checkpointing: bool = False,
+    on_meta: bool = False,
 ) -> LogprobModel:
-    """The model in float32 master weights on the CPU (FSDP2 moves the shards to the device).
+    """The model in float32 master weights on the CPU (FSDP2 moves the shards to the device), or with
+    `on_meta` its structure only, on the meta device (no memory; the weights come later, see
+    dapo_trainer.fsdp.load_full_state_dict).
 
     `config_overrides` replace values of its config.json (NeMo RL's `policy.hf_config_overrides`);
     `activation_checkpointing` recomputes each decoder layer in the backward pass.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    causal_lm = AutoModelForCausalLM.from_pretrained(
-        str(info.model_dir), dtype=torch.float32, **dict(config_overrides or {})
-    )
+    config = AutoConfig.from_pretrained(str(info.model_dir), **dict(config_overrides or {}))
+    if on_meta:
+        with torch.device("meta"):
+            causal_lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    else:
+        causal_lm = AutoModelForCausalLM.from_pretrained(
+            str(info.model_dir), config=config, dtype=torch.float32
+        )
     causal_lm.config.use_cache = False
     if activation_checkpointing:
         causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

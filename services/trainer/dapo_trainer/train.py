@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ from dapo_trainer import metrics as prom
 from dapo_trainer.batches import BatchStream, decode_batch
 from dapo_trainer.checkpoint import TrainerState, checkpoint_root, restore_latest, save_checkpoint
 from dapo_trainer.distributed import DistContext, broadcast
-from dapo_trainer.fsdp import shard_model
+from dapo_trainer.fsdp import load_full_state_dict, shard_model
 from dapo_trainer.ledger import LedgerEntry
 from dapo_trainer.metrics import RunReporter
 from dapo_trainer.model import LogprobModel, ModelInfo, load_model, read_model_info
@@ -86,15 +87,21 @@ class RunIO:
 
 
 def setup_model(config: RunConfig, info: ModelInfo, ctx: DistContext) -> LogprobModel:
-    torch.manual_seed(config.grpo.seed)
-    model = load_model(
-        info,
-        chunk_size=config.policy.logprob_chunk_size,
-        temperature=config.policy.generation.temperature,
-        config_overrides=config.policy.hf_config_overrides,
-        activation_checkpointing=config.policy.dtensor_cfg.activation_checkpointing,
-    )
-    return shard_model(model, config.policy.precision, ctx)
+    """The sharded model with the pretrained weights: every rank builds it on the meta device and shards
+    it; rank 0 alone reads the weights and sends each rank its shards."""
+    options: dict[str, Any] = {
+        "chunk_size": config.policy.logprob_chunk_size,
+        "temperature": config.policy.generation.temperature,
+        "config_overrides": config.policy.hf_config_overrides,
+        "activation_checkpointing": config.policy.dtensor_cfg.activation_checkpointing,
+    }
+    torch.manual_seed(config.grpo.seed)  # weights the directory lacks are initialised from it (rank 0)
+    model = shard_model(load_model(info, on_meta=True, **options), config.policy.precision, ctx)
+    source = load_model(info, **options) if ctx.is_main else None
+    load_full_state_dict(model, source, ctx)
+    del source
+    torch.manual_seed(config.grpo.seed)  # the same RNG state on every rank, whatever loading drew
+    return model
 
 
 def setup_state(
@@ -107,9 +114,8 @@ def setup_state(
 ) -> TrainerState:
     if not config.checkpointing.enabled:
         return TrainerState()
-    state, path = restore_latest(
-        checkpoint_root(config.checkpointing.checkpoint_dir, run_id), model, optimizer, scheduler, ctx
-    )
+    root = checkpoint_root(config.checkpointing.checkpoint_dir, run_id, ctx.node_rank)
+    state, path = restore_latest(root, model, optimizer, scheduler, ctx)
     if path is not None:
         log.info("restored %s: version %d, %d batches applied", path, state.version, len(state.ledger))
     return state
@@ -164,7 +170,7 @@ class Run:
     def save(self, full: dict[str, torch.Tensor]) -> None:
         checkpointing = self.config.checkpointing
         save_checkpoint(
-            checkpoint_root(checkpointing.checkpoint_dir, self.run_id),
+            checkpoint_root(checkpointing.checkpoint_dir, self.run_id, self.ctx.node_rank),
             self.state,
             self.model,
             self.optimizer,
