@@ -206,3 +206,22 @@ def test_the_trainer_outlet_fans_out_off_its_thread_and_reports_every_server(
     finally:
         outlet.stop()
         redis.close()
+
+
+def test_a_server_that_refuses_the_version_still_relays_it(
+    publisher: WeightPublisher, tmp_path: Path
+) -> None:
+    from dapo.weight_publisher import push_weights
+
+    with Receivers(3, SPECS, tmp_path, publisher.address, staging_root=tmp_path) as receivers:
+        receivers.wait_ready()
+        ahead = version_tensors(9)
+        push_weights(receivers.addresses[1], 9, ahead, timeout=30, run_id="run-a")  # the middle one is ahead
+        tensors = version_tensors(3)
+        outcomes = publisher.fan_out(publisher.publish(3, tensors, run_id="run-a"), receivers.addresses)
+        first, middle, last = outcomes
+        assert first.is_served and last.is_served and last.source == "upstream"
+        assert not middle.is_served and "older than the served version 9" in middle.error
+        applied = receivers.applied()
+        assert applied[receivers.addresses[1]]["crc32"] == crcs(ahead)  # untouched
+        assert applied[receivers.addresses[2]]["crc32"] == crcs(tensors)

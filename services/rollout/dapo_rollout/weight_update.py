@@ -423,8 +423,8 @@ class WeightUpdater:
                 assembler = None
         await downstream.open(manifest)
         stall_s = downstream.stall_s
+        source: AsyncIterator[Frame] = iterator
         try:
-            source: AsyncIterator[Frame] = iterator
             while True:
                 try:
                     while True:
@@ -458,6 +458,7 @@ class WeightUpdater:
                 )
                 progress.num_resumes += 1
                 progress.source = f"publisher, resumed at chunk {progress.num_chunks} ({broke})"
+                await _close(source)
                 source = resume_frames(
                     self.publisher_address, manifest, progress.num_chunks, plan.address, self.relay_timeout_s
                 )
@@ -475,6 +476,7 @@ class WeightUpdater:
         finally:
             if assembler is not None:
                 assembler.release()
+            await _close(source)
         is_served = own_error is None
         if not is_served:
             log.warning("version %d of run '%s' not applied here: %s", version, run_id, own_error)
@@ -499,6 +501,13 @@ class RelayProgress:
     num_resumes: int = 0
     is_orphaned: bool = False  # the upstream broke: nobody is waiting for this reply
     is_complete: bool = True  # every chunk arrived (and went downstream)
+
+
+async def _close(source: AsyncIterator[Frame]) -> None:
+    """Close a resumed stream (an async generator holding a channel); gRPC's own request stream is left."""
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _is_cancelled() -> bool:
