@@ -504,7 +504,7 @@ class RelayProgress:
 
 
 async def _close(source: AsyncIterator[Frame]) -> None:
-    """Close a resumed stream (an async generator holding a channel); gRPC's own request stream is left."""
+    """Close the stream read last, once done with it (a resumed one holds a channel to the publisher)."""
     aclose = getattr(source, "aclose", None)
     if aclose is not None:
         await aclose()
