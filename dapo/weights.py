@@ -50,14 +50,15 @@ def numel(shape: Iterable[int]) -> int:
     return n
 
 
-def encode_update(
-    version: int,
-    tensors: Iterable[TensorBytes],
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    *,
-    run_id: str = "",
-) -> Iterator[weights_pb2.WeightUpdateMessage]:
-    """Yield the manifest, then each tensor's chunks, for one policy version of run `run_id`."""
+def num_chunks_of(num_bytes: int, chunk_bytes: int) -> int:
+    """How many chunk messages carry a tensor of `num_bytes` (an empty tensor still sends one)."""
+    return -(-max(num_bytes, 1) // chunk_bytes)
+
+
+def build_manifest(
+    version: int, tensors: Iterable[TensorBytes], chunk_bytes: int, *, run_id: str = ""
+) -> weights_pb2.WeightManifest:
+    """The manifest of one version: every tensor's spec and CRC-32 (one pass over all the bytes)."""
     if chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
     tensors = list(tensors)
@@ -67,9 +68,26 @@ def encode_update(
         )
         for t in tensors
     ]
-    total = sum(t.num_bytes for t in tensors)
+    return weights_pb2.WeightManifest(
+        version=version,
+        tensors=specs,
+        total_bytes=sum(t.num_bytes for t in tensors),
+        run_id=run_id,
+        num_chunks=sum(num_chunks_of(t.num_bytes, chunk_bytes) for t in tensors),
+    )
+
+
+def encode_update(
+    version: int,
+    tensors: Iterable[TensorBytes],
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    *,
+    run_id: str = "",
+) -> Iterator[weights_pb2.WeightUpdateMessage]:
+    """Yield the manifest, then each tensor's chunks, for one policy version of run `run_id`."""
+    tensors = list(tensors)
     yield weights_pb2.WeightUpdateMessage(
-        manifest=weights_pb2.WeightManifest(version=version, tensors=specs, total_bytes=total, run_id=run_id)
+        manifest=build_manifest(version, tensors, chunk_bytes, run_id=run_id)
     )
     for t in tensors:
         data = t.data.cast("B")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64\x61po/v1/weights.proto\x12\x07\x64\x61po.v1\"Z\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x11\n\tnum_bytes\x18\x04 \x01(\x03\x12\r\n\x05\x63rc32\x18\x05 \x01(\r\"l\n\x0eWeightManifest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12$\n\x07tensors\x18\x02 \x03(\x0b\x32\x13.dapo.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06run_id\x18\x04 \x01(\t\"J\n\x0bTensorChunk\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"q\n\x13WeightUpdateMessage\x12+\n\x08manifest\x18\x01 \x01(\x0b\x32\x17.dapo.v1.WeightManifestH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.dapo.v1.TensorChunkH\x00\x42\x06\n\x04kind\"[\n\x11WeightUpdateReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x11\n\tnum_bytes\x18\x02 \x01(\x03\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x0e\n\x06run_id\x18\x04 \x01(\t\"*\n\x13\x46\x65tchWeightsRequest\x12\x13\n\x0bmin_version\x18\x01 \x01(\x03\"\x16\n\x14LatestVersionRequest\"5\n\x12LatestVersionReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06run_id\x18\x02 \x01(\t2\xac\x01\n\x0fWeightPublisher\x12L\n\x0c\x46\x65tchWeights\x12\x1c.dapo.v1.FetchWeightsRequest\x1a\x1c.dapo.v1.WeightUpdateMessage0\x01\x12K\n\rLatestVersion\x12\x1d.dapo.v1.LatestVersionRequest\x1a\x1b.dapo.v1.LatestVersionReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64\x61po/v1/weights.proto\x12\x07\x64\x61po.v1\"Z\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x11\n\tnum_bytes\x18\x04 \x01(\x03\x12\r\n\x05\x63rc32\x18\x05 \x01(\r\"\xa3\x01\n\x0eWeightManifest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12$\n\x07tensors\x18\x02 \x03(\x0b\x32\x13.dapo.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12!\n\x05relay\x18\x05 \x01(\x0b\x32\x12.dapo.v1.RelayPlan\x12\x12\n\nnum_chunks\x18\x06 \x01(\x03\"Q\n\tRelayPlan\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x12\n\ndownstream\x18\x02 \x03(\t\x12\x0e\n\x06\x66\x61nout\x18\x03 \x01(\x05\x12\x0f\n\x07stall_s\x18\x04 \x01(\x01\"Q\n\x0cRelayOutcome\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tis_served\x18\x02 \x01(\x08\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"J\n\x0bTensorChunk\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"q\n\x13WeightUpdateMessage\x12+\n\x08manifest\x18\x01 \x01(\x0b\x32\x17.dapo.v1.WeightManifestH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.dapo.v1.TensorChunkH\x00\x42\x06\n\x04kind\"\x83\x01\n\x11WeightUpdateReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x11\n\tnum_bytes\x18\x02 \x01(\x03\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12&\n\x07relayed\x18\x05 \x03(\x0b\x32\x15.dapo.v1.RelayOutcome\"c\n\x13\x46\x65tchWeightsRequest\x12\x13\n\x0bmin_version\x18\x01 \x01(\x03\x12$\n\x06resume\x18\x02 \x01(\x0b\x32\x14.dapo.v1.ResumePoint\x12\x11\n\trequester\x18\x03 \x01(\t\"B\n\x0bResumePoint\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nfrom_chunk\x18\x03 \x01(\x03\"W\n\x0bRelayReport\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\'\n\x08outcomes\x18\x03 \x03(\x0b\x32\x15.dapo.v1.RelayOutcome\"\x12\n\x10RelayReportReply\"\x16\n\x14LatestVersionRequest\"5\n\x12LatestVersionReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06run_id\x18\x02 \x01(\t2\xec\x01\n\x0fWeightPublisher\x12L\n\x0c\x46\x65tchWeights\x12\x1c.dapo.v1.FetchWeightsRequest\x1a\x1c.dapo.v1.WeightUpdateMessage0\x01\x12K\n\rLatestVersion\x12\x1d.dapo.v1.LatestVersionRequest\x1a\x1b.dapo.v1.LatestVersionReply\x12>\n\x0bReportRelay\x12\x14.dapo.v1.RelayReport\x1a\x19.dapo.v1.RelayReportReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,20 +33,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TENSORSPEC']._serialized_start=34
   _globals['_TENSORSPEC']._serialized_end=124
-  _globals['_WEIGHTMANIFEST']._serialized_start=126
-  _globals['_WEIGHTMANIFEST']._serialized_end=234
-  _globals['_TENSORCHUNK']._serialized_start=236
-  _globals['_TENSORCHUNK']._serialized_end=310
-  _globals['_WEIGHTUPDATEMESSAGE']._serialized_start=312
-  _globals['_WEIGHTUPDATEMESSAGE']._serialized_end=425
-  _globals['_WEIGHTUPDATEREPLY']._serialized_start=427
-  _globals['_WEIGHTUPDATEREPLY']._serialized_end=518
-  _globals['_FETCHWEIGHTSREQUEST']._serialized_start=520
-  _globals['_FETCHWEIGHTSREQUEST']._serialized_end=562
-  _globals['_LATESTVERSIONREQUEST']._serialized_start=564
-  _globals['_LATESTVERSIONREQUEST']._serialized_end=586
-  _globals['_LATESTVERSIONREPLY']._serialized_start=588
-  _globals['_LATESTVERSIONREPLY']._serialized_end=641
-  _globals['_WEIGHTPUBLISHER']._serialized_start=644
-  _globals['_WEIGHTPUBLISHER']._serialized_end=816
+  _globals['_WEIGHTMANIFEST']._serialized_start=127
+  _globals['_WEIGHTMANIFEST']._serialized_end=290
+  _globals['_RELAYPLAN']._serialized_start=292
+  _globals['_RELAYPLAN']._serialized_end=373
+  _globals['_RELAYOUTCOME']._serialized_start=375
+  _globals['_RELAYOUTCOME']._serialized_end=456
+  _globals['_TENSORCHUNK']._serialized_start=458
+  _globals['_TENSORCHUNK']._serialized_end=532
+  _globals['_WEIGHTUPDATEMESSAGE']._serialized_start=534
+  _globals['_WEIGHTUPDATEMESSAGE']._serialized_end=647
+  _globals['_WEIGHTUPDATEREPLY']._serialized_start=650
+  _globals['_WEIGHTUPDATEREPLY']._serialized_end=781
+  _globals['_FETCHWEIGHTSREQUEST']._serialized_start=783
+  _globals['_FETCHWEIGHTSREQUEST']._serialized_end=882
+  _globals['_RESUMEPOINT']._serialized_start=884
+  _globals['_RESUMEPOINT']._serialized_end=950
+  _globals['_RELAYREPORT']._serialized_start=952
+  _globals['_RELAYREPORT']._serialized_end=1039
+  _globals['_RELAYREPORTREPLY']._serialized_start=1041
+  _globals['_RELAYREPORTREPLY']._serialized_end=1059
+  _globals['_LATESTVERSIONREQUEST']._serialized_start=1061
+  _globals['_LATESTVERSIONREQUEST']._serialized_end=1083
+  _globals['_LATESTVERSIONREPLY']._serialized_start=1085
+  _globals['_LATESTVERSIONREPLY']._serialized_end=1138
+  _globals['_WEIGHTPUBLISHER']._serialized_start=1141
+  _globals['_WEIGHTPUBLISHER']._serialized_end=1377
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,11 @@ class WeightPublisherStub:
                 request_serializer=dapo_dot_v1_dot_weights__pb2.LatestVersionRequest.SerializeToString,
                 response_deserializer=dapo_dot_v1_dot_weights__pb2.LatestVersionReply.FromString,
                 _registered_method=True)
+        self.ReportRelay = channel.unary_unary(
+                '/dapo.v1.WeightPublisher/ReportRelay',
+                request_serializer=dapo_dot_v1_dot_weights__pb2.RelayReport.SerializeToString,
+                response_deserializer=dapo_dot_v1_dot_weights__pb2.RelayReportReply.FromString,
+                _registered_method=True)
 
 
 class WeightPublisherServicer:
@@ -63,6 +68,12 @@ class WeightPublisherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportRelay(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WeightPublisherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +86,11 @@ def add_WeightPublisherServicer_to_server(servicer, server):
                     servicer.LatestVersion,
                     request_deserializer=dapo_dot_v1_dot_weights__pb2.LatestVersionRequest.FromString,
                     response_serializer=dapo_dot_v1_dot_weights__pb2.LatestVersionReply.SerializeToString,
+            ),
+            'ReportRelay': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportRelay,
+                    request_deserializer=dapo_dot_v1_dot_weights__pb2.RelayReport.FromString,
+                    response_serializer=dapo_dot_v1_dot_weights__pb2.RelayReportReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +148,33 @@ class WeightPublisher:
             '/dapo.v1.WeightPublisher/LatestVersion',
             dapo_dot_v1_dot_weights__pb2.LatestVersionRequest.SerializeToString,
             dapo_dot_v1_dot_weights__pb2.LatestVersionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportRelay(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dapo.v1.WeightPublisher/ReportRelay',
+            dapo_dot_v1_dot_weights__pb2.RelayReport.SerializeToString,
+            dapo_dot_v1_dot_weights__pb2.RelayReportReply.FromString,
             options,
             channel_credentials,
             insecure,

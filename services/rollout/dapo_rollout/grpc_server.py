@@ -24,7 +24,7 @@ from dapo.v1 import rollout_pb2, rollout_pb2_grpc
 from dapo.weights import WeightUpdateError
 from dapo_rollout.engine import NotReadyError, RolloutEngine, SamplingSpec
 from dapo_rollout.metrics import RolloutMetrics
-from dapo_rollout.weight_update import StaleVersionError, WeightUpdater
+from dapo_rollout.weight_update import StaleVersionError, UpdateResult, WeightUpdater
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
         self.updater = updater
         self.metrics = metrics
         self.health = health
+        self._updates: set[asyncio.Future] = set()
 
     async def refresh_health(self) -> None:
         status = (
@@ -153,6 +154,21 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
     async def UpdateWeights(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         from dapo.v1 import weights_pb2
 
+        # Its own task: when the caller goes away mid-stream (a relay before this server died), gRPC
+        # cancels this handler, but the update carries on, resumed from the publisher (WeightUpdater).
+        update = asyncio.ensure_future(self._update(request_iterator))
+        self._updates.add(update)
+        update.add_done_callback(_forget(self._updates))
+        result = await asyncio.shield(update)
+        return weights_pb2.WeightUpdateReply(
+            version=result.version,
+            num_bytes=result.num_bytes,
+            duration_s=result.duration_s,
+            run_id=result.run_id,
+            relayed=result.relayed,
+        )
+
+    async def _update(self, request_iterator: Any) -> UpdateResult:
         try:
             result = await self.updater.update(request_iterator)
         except (WeightUpdateError, StaleVersionError):
@@ -161,14 +177,12 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
             raise
         finally:
             await self.refresh_health()
-        if not result.is_applied:
+        if result.relayed:
+            if not result.relayed[0].is_served:
+                self.metrics.updates_rejected.inc()
+        elif not result.is_applied:
             await _drain(request_iterator)
-        return weights_pb2.WeightUpdateReply(
-            version=result.version,
-            num_bytes=result.num_bytes,
-            duration_s=result.duration_s,
-            run_id=result.run_id,
-        )
+        return result
 
     async def Status(
         self, request: rollout_pb2.StatusRequest, context: grpc.aio.ServicerContext
@@ -183,11 +197,45 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
         )
 
 
+def _forget(tasks: set[asyncio.Future]) -> Any:
+    def done(task: asyncio.Future) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an update whose caller left logs its own failure
+
+    return done
+
+
 async def _drain(request_iterator: Any) -> None:
     """Read what the client still sends before answering: a grpc.aio client whose stream is cut by an
     early answer can report INTERNAL ("Internal error from Core") instead of the server's status."""
     async for _ in request_iterator:
         pass
+
+
+def add_rollout_service(servicer: RolloutServicer, server: grpc.aio.Server) -> None:
+    """The Rollout service, registered by hand so that UpdateWeights receives each message's bytes as
+    they arrived (a relay forwards them unchanged)."""
+    from dapo.v1 import weights_pb2
+
+    handlers = {
+        "Generate": grpc.unary_unary_rpc_method_handler(
+            servicer.Generate,
+            request_deserializer=rollout_pb2.GenerateRequest.FromString,
+            response_serializer=rollout_pb2.GenerateReply.SerializeToString,
+        ),
+        "UpdateWeights": grpc.stream_unary_rpc_method_handler(
+            servicer.UpdateWeights,
+            request_deserializer=None,
+            response_serializer=weights_pb2.WeightUpdateReply.SerializeToString,
+        ),
+        "Status": grpc.unary_unary_rpc_method_handler(
+            servicer.Status,
+            request_deserializer=rollout_pb2.StatusRequest.FromString,
+            response_serializer=rollout_pb2.StatusReply.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
 def build_server(servicer: RolloutServicer, address: str) -> tuple[grpc.aio.Server, int]:
@@ -199,6 +247,6 @@ def build_server(servicer: RolloutServicer, address: str) -> tuple[grpc.aio.Serv
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    rollout_pb2_grpc.add_RolloutServicer_to_server(servicer, server)
+    add_rollout_service(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(servicer.health, server)
     return server, rpc.listen(server, address)

@@ -43,7 +43,7 @@ async def serve(options: ServerOptions) -> int:
     expected = expected_specs_from_dir(engine_options.model, engine_options.dtype)
     engine = RolloutEngine(engine_options)
     health = health_aio.HealthServicer()
-    updater = WeightUpdater(engine, expected, options.staging_root, metrics)
+    updater = WeightUpdater(engine, expected, options.staging_root, metrics, options.weights_address)
     servicer = RolloutServicer(engine, updater, metrics, health)
     await servicer.refresh_health()  # NOT_SERVING while the engine starts
     server, port = build_server(servicer, f"{options.host}:{options.port}")

@@ -22,12 +22,15 @@ import struct
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import grpc
+
 from dapo.v1 import weights_pb2
 from dapo.weights import ITEM_SIZES, WeightAssembler, WeightUpdateError, numel
+from dapo_rollout.relay import Downstream, error_text, report_to_publisher, resume_frames
 
 if TYPE_CHECKING:
     from dapo_rollout.metrics import RolloutMetrics
@@ -241,6 +244,19 @@ class UpdateResult:
     duration_s: float
     is_applied: bool
     run_id: str = ""
+    relayed: list[weights_pb2.RelayOutcome] = field(default_factory=list)
+    """With a relay plan: this server's outcome, then those of the servers behind it."""
+
+
+Frame = bytes | weights_pb2.WeightUpdateMessage
+
+
+def _parse(item: Frame) -> tuple[weights_pb2.WeightUpdateMessage, bytes]:
+    """A stream item as a message and as the bytes to forward (gRPC hands the servicer raw bytes)."""
+    if isinstance(item, bytes | bytearray | memoryview):
+        raw = bytes(item)
+        return weights_pb2.WeightUpdateMessage.FromString(raw), raw
+    return item, item.SerializeToString()
 
 
 class WeightUpdater:
@@ -251,6 +267,12 @@ class WeightUpdater:
     harmless); an older one raises `StaleVersionError`. Either way the rest of the stream is not read. A
     version of another run (the next run on the same servers starts again at 0) is applied whatever its
     number.
+
+    A stream whose manifest carries a relay plan is also forwarded, message by message as it arrives, to
+    the children the plan names (dapo_rollout.relay), whatever this server does with its own copy; its
+    result is then an outcome per server instead of an error. If such a stream breaks or stalls before its
+    last chunk, the rest is resumed from the publisher at `publisher_address` and still forwarded, and the
+    outcomes go to the publisher (`ReportRelay`), since the upstream that would carry the reply is gone.
     """
 
     def __init__(
@@ -259,11 +281,15 @@ class WeightUpdater:
         expected: ExpectedSpecs,
         staging_root: str | None = None,
         metrics: RolloutMetrics | None = None,
+        publisher_address: str | None = None,
+        relay_timeout_s: float = 600.0,
     ) -> None:
         self.target = target
         self.expected = expected
         self.staging = StagingFile(expected, staging_root or default_staging_root())
         self.metrics = metrics
+        self.publisher_address = publisher_address
+        self.relay_timeout_s = relay_timeout_s
         self._lock = asyncio.Lock()
 
     async def prepare(self) -> None:
@@ -280,25 +306,37 @@ class WeightUpdater:
     def is_busy(self) -> bool:
         return self._lock.locked()
 
-    async def update(self, messages: AsyncIterator[weights_pb2.WeightUpdateMessage]) -> UpdateResult:
+    async def update(self, messages: AsyncIterator[Frame]) -> UpdateResult:
         """Consume one update stream (manifest, then chunks) and apply it whole, or raise."""
+        downstream: Downstream | None = None
         async with self._lock:
-            return await self._update_locked(messages)
+            iterator = aiter(messages)
+            started = time.perf_counter()
+            try:
+                first, _ = _parse(await anext(iterator))
+            except StopAsyncIteration:
+                raise WeightUpdateError("the update stream ended before its manifest") from None
+            if first.WhichOneof("kind") != "manifest":
+                raise WeightUpdateError("the update stream must start with its manifest")
+            if not first.manifest.HasField("relay"):
+                return await self._update_locked(first, iterator, started)
+            downstream = Downstream(first.manifest.relay, self.relay_timeout_s)
+            try:
+                result, relayed = await self._relay_locked(first.manifest, iterator, downstream, started)
+            except BaseException:
+                await downstream.finish(is_complete=False)  # the children resume by themselves
+                raise
+        result.relayed += await downstream.finish(relayed.is_complete)
+        if relayed.is_orphaned and self.publisher_address:
+            await report_to_publisher(self.publisher_address, result.run_id, result.version, result.relayed)
+        return result
 
-    async def _update_locked(self, messages: AsyncIterator[weights_pb2.WeightUpdateMessage]) -> UpdateResult:
-        started = time.perf_counter()
-        iterator = aiter(messages)
-        try:
-            first = await anext(iterator)
-        except StopAsyncIteration:
-            raise WeightUpdateError("the update stream ended before its manifest") from None
-        if first.WhichOneof("kind") != "manifest":
-            raise WeightUpdateError("the update stream must start with its manifest")
-        version, run_id = first.manifest.version, first.manifest.run_id
+    def _check_order(self, version: int, run_id: str) -> bool:
+        """True to apply; False for the version already served; raises for an older one of the same run."""
         current, current_run = self.target.version, self.target.run_id
         if run_id == current_run:
             if version == current:
-                return UpdateResult(current, 0, time.perf_counter() - started, False, current_run)
+                return False
             if version < current:
                 raise StaleVersionError(
                     f"version {version} is older than the served version {current} (run '{run_id}')"
@@ -311,22 +349,39 @@ class WeightUpdater:
                 current_run,
                 current,
             )
+        return True
+
+    async def _update_locked(
+        self,
+        first: weights_pb2.WeightUpdateMessage,
+        iterator: AsyncIterator[Frame],
+        started: float,
+    ) -> UpdateResult:
+        version, run_id = first.manifest.version, first.manifest.run_id
+        if not self._check_order(version, run_id):
+            return UpdateResult(version, 0, time.perf_counter() - started, False, run_id)
         assembler = ShmStagingAssembler(self.expected, self.staging)
         try:
             assembler.add(first)
-            async for message in iterator:
-                assembler.add(message)
+            async for item in iterator:
+                assembler.add(_parse(item)[0])
             received = time.perf_counter()
-            weights_dir = assembler.seal()
-            verified = time.perf_counter()
-            apply = asyncio.ensure_future(self.target.apply_weights(version, weights_dir, run_id))
-            try:
-                await asyncio.shield(apply)
-            except asyncio.CancelledError:
-                await apply  # a caller gone mid-swap must not leave the engine half reloaded
-                raise
+            return await self._apply(assembler, version, run_id, started, received)
         finally:
             assembler.release()
+
+    async def _apply(
+        self, assembler: ShmStagingAssembler, version: int, run_id: str, started: float, received: float
+    ) -> UpdateResult:
+        """Verify the staged version whole and hand it to the engine."""
+        weights_dir = assembler.seal()
+        verified = time.perf_counter()
+        apply = asyncio.ensure_future(self.target.apply_weights(version, weights_dir, run_id))
+        try:
+            await asyncio.shield(apply)
+        except asyncio.CancelledError:
+            await apply  # a caller gone mid-swap must not leave the engine half reloaded
+            raise
         duration = time.perf_counter() - started
         if self.metrics is not None:
             self.metrics.observe_update(assembler.num_bytes, duration, version)
@@ -342,3 +397,120 @@ class WeightUpdater:
             duration - (verified - started),
         )
         return UpdateResult(version, assembler.num_bytes, duration, True, run_id)
+
+    async def _relay_locked(
+        self,
+        manifest: weights_pb2.WeightManifest,
+        iterator: AsyncIterator[Frame],
+        downstream: Downstream,
+        started: float,
+    ) -> tuple[UpdateResult, RelayProgress]:
+        """Stage this server's copy while forwarding every message downstream; resume from the publisher
+        if the upstream breaks. Never raises for this server's own refusal: it becomes its outcome."""
+        plan = manifest.relay
+        version, run_id = manifest.version, manifest.run_id
+        progress = RelayProgress(source="upstream")
+        own_error: str | None = None
+        assembler: ShmStagingAssembler | None = None
+        try:
+            if self._check_order(version, run_id):
+                assembler = ShmStagingAssembler(self.expected, self.staging)
+                assembler.add(weights_pb2.WeightUpdateMessage(manifest=manifest))
+        except (StaleVersionError, WeightUpdateError) as exc:
+            own_error = str(exc)
+            if assembler is not None:
+                assembler.release()
+                assembler = None
+        await downstream.open(manifest)
+        stall_s = downstream.stall_s
+        source: AsyncIterator[Frame] = iterator
+        try:
+            while True:
+                try:
+                    while True:
+                        item = await asyncio.wait_for(anext(source), stall_s)
+                        message, raw = _parse(item)
+                        if assembler is not None:
+                            try:
+                                assembler.add(message)
+                            except WeightUpdateError as exc:
+                                own_error = str(exc)
+                                assembler.release()
+                                assembler = None
+                        await downstream.send(raw)
+                        progress.num_chunks += 1
+                except StopAsyncIteration:
+                    broke = f"the stream ended after {progress.num_chunks} of {manifest.num_chunks} chunks"
+                except (grpc.aio.AioRpcError, asyncio.TimeoutError, asyncio.CancelledError) as exc:
+                    if isinstance(exc, asyncio.CancelledError) and _is_cancelled():
+                        raise
+                    broke = f"the upstream failed after {progress.num_chunks} chunks: {error_text(exc)}"
+                if progress.num_chunks >= manifest.num_chunks or manifest.num_chunks == 0:
+                    break
+                # The upstream is gone (or stalled): the rest comes from the publisher, still relayed.
+                progress.is_orphaned = True
+                if not self.publisher_address or progress.num_resumes >= MAX_RESUMES:
+                    own_error = own_error or f"{broke}; no resume from the publisher possible"
+                    progress.is_complete = False
+                    break
+                log.warning(
+                    "version %d: %s; resuming from the publisher %s", version, broke, self.publisher_address
+                )
+                progress.num_resumes += 1
+                progress.source = f"publisher, resumed at chunk {progress.num_chunks} ({broke})"
+                await _close(source)
+                source = resume_frames(
+                    self.publisher_address, manifest, progress.num_chunks, plan.address, self.relay_timeout_s
+                )
+            received = time.perf_counter()
+            result = UpdateResult(version, 0, received - started, False, run_id)
+            if assembler is not None and own_error is None:
+                try:
+                    result = await self._apply(assembler, version, run_id, started, received)
+                except WeightUpdateError as exc:
+                    own_error = str(exc)
+        except (grpc.aio.AioRpcError, ValueError) as exc:  # the resumed stream failed too
+            own_error = own_error or f"resuming from the publisher failed: {error_text(exc)}"
+            progress.is_complete = False
+            result = UpdateResult(version, 0, time.perf_counter() - started, False, run_id)
+        finally:
+            if assembler is not None:
+                assembler.release()
+            await _close(source)
+        is_served = own_error is None
+        if not is_served:
+            log.warning("version %d of run '%s' not applied here: %s", version, run_id, own_error)
+        result.relayed.append(
+            weights_pb2.RelayOutcome(
+                address=plan.address,
+                is_served=is_served,
+                source=progress.source if result.is_applied else ("already served" if is_served else ""),
+                error=own_error or "",
+            )
+        )
+        return result, progress
+
+
+MAX_RESUMES = 2
+
+
+@dataclass
+class RelayProgress:
+    source: str
+    num_chunks: int = 0
+    num_resumes: int = 0
+    is_orphaned: bool = False  # the upstream broke: nobody is waiting for this reply
+    is_complete: bool = True  # every chunk arrived (and went downstream)
+
+
+async def _close(source: AsyncIterator[Frame]) -> None:
+    """Close the stream read last, once done with it (a resumed one holds a channel to the publisher)."""
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _is_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (not merely a read of a cancelled call)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -256,6 +256,7 @@ def apply_batch(run: Run, command: Apply) -> None:
     result = train_on_batch(
         run.model, run.optimizer, run.scheduler, batch, config, ctx, run.info.pad_token_id
     )
+    stepped = time.perf_counter()  # the batch's last optimizer step is done
     state.version += 1
     state.optimizer_step += result.num_optimizer_steps
     entry = LedgerEntry(batch.batch_id, state.version, batch.step, command.entry_id)
@@ -296,6 +297,8 @@ def apply_batch(run: Run, command: Apply) -> None:
         **result.metrics,
         **times,
         "time/train_step": sum(v for k, v in times.items() if k != "time/wait_data"),
+        # what the trainer does between its last optimizer step and being ready for the next batch
+        "time/after_step": time.perf_counter() - stepped,
         "train/optimizer_step": float(state.optimizer_step),
     }
     run.io.reporter.step(batch.step, state.version, record)
