@@ -7,8 +7,8 @@
 - the real trainer process over many steps: the stream never holds more than the batches no checkpoint
   covers yet, is empty at the end, and its metrics and events streams are capped at their maxlen;
 - a rollout server that stops answering leaves the registry and is no longer pushed weights by the
-  trainer's WeightOutlet (the rollout servers here are stand-ins: Status and UpdateWeights with the real
-  WeightAssembler; the real server is tested in tests/integration/test_rollout_*.py).
+  trainer's WeightOutlet (the rollout servers are tests/weight_receiver.py: the real rollout gRPC server
+  and WeightUpdater without vLLM).
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ import os
 import subprocess
 import sys
 import time
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import pytest
 import redis
 import yaml
@@ -35,8 +33,6 @@ from dapo import keys
 from dapo.batch import TrainBatch
 from dapo.local_redis import RedisServer, free_port
 from dapo.stream_limits import StreamLimits
-from dapo.v1 import rollout_pb2, rollout_pb2_grpc, weights_pb2
-from dapo.weights import WeightAssembler
 
 VOCAB_SIZE = 512
 
@@ -252,62 +248,45 @@ def test_the_trainer_keeps_the_stream_to_what_no_checkpoint_covers(
 # --- the rollout registry --------------------------------------------------------------------------
 
 
-class StandInRollout(rollout_pb2_grpc.RolloutServicer):
-    def __init__(self) -> None:
-        self.versions: list[int] = []
-
-    def Status(self, request, context):  # noqa: N802
-        return rollout_pb2.StatusReply(policy_version=-1, ready=True, run_id="")
-
-    def UpdateWeights(self, request_iterator, context):  # noqa: N802
-        assembler = WeightAssembler()
-        for message in request_iterator:
-            assembler.add(message)
-        assembler.finish()
-        assert assembler.version is not None
-        self.versions.append(assembler.version)
-        return weights_pb2.WeightUpdateReply(
-            version=assembler.version, num_bytes=assembler.num_bytes, run_id=assembler.run_id
-        )
-
-
-def _start_rollout() -> tuple[grpc.Server, str, StandInRollout]:
-    servicer = StandInRollout()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    rollout_pb2_grpc.add_RolloutServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    return server, f"127.0.0.1:{port}", servicer
-
-
-def test_a_stopped_rollout_server_is_pruned_and_no_longer_pushed_to(redis_server: RedisServer) -> None:
+def test_a_stopped_rollout_server_is_pruned_and_no_longer_pushed_to(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     import torch
     from dapo_controller.rollout_pool import RolloutPool
     from dapo_controller.rollout_registry import RolloutRegistry
     from dapo_trainer.publish import WeightOutlet
 
-    servers = [_start_rollout() for _ in range(2)]
-    (server_a, address_a, rollout_a), (server_b, address_b, rollout_b) = servers
+    from tests.weight_receiver import Receivers
+
     conn = RetryingRedis(redis_server.url, retry_s=5)
     failures: list[str] = []
     outlet = WeightOutlet(
-        "127.0.0.1", 0, conn, [], push_timeout_s=10, on_push_failure=lambda a, m: failures.append(a)
+        "127.0.0.1", 0, conn, [], push_timeout_s=30, on_push_failure=lambda a, m: failures.append(a)
     )
     weights = {"w": torch.ones(8, 4)}
+    receivers = Receivers(2, {"w": ("float32", (8, 4))}, tmp_path, outlet.publisher.address)
+
+    def publish(version: int) -> list[str]:
+        outlet.publish(version, weights, "run")
+        report = outlet.wait(60)
+        assert report is not None and report.version == version
+        return [o.address for o in report.outcomes]
 
     async def scenario() -> None:
         client = redis.asyncio.Redis.from_url(redis_server.url)
         ttl_s = 1.0
         registry = RolloutRegistry(client, ttl_s)
+        address_a, address_b = receivers.addresses
         pool = RolloutPool([address_a, address_b], timeout_s=5)
         try:
             await pool.probe()
             assert await registry.refresh(pool.answering()) == []
             assert await registry.members() == sorted([address_a, address_b])
-            await asyncio.to_thread(outlet.publish, 1, weights, "run")
-            assert rollout_a.versions == [1] and rollout_b.versions == [1]
+            assert sorted(await asyncio.to_thread(publish, 1)) == sorted([address_a, address_b])
+            assert {a: r["version"] for a, r in receivers.applied().items()} == {address_a: 1, address_b: 1}
 
-            server_b.stop(grace=None).wait()
+            receivers.processes[1].kill()
+            receivers.processes[1].wait()
             await pool.probe()
             assert await registry.refresh(pool.answering()) == []  # silent for less than the ttl: kept
             await asyncio.sleep(ttl_s + 0.2)
@@ -316,21 +295,20 @@ def test_a_stopped_rollout_server_is_pruned_and_no_longer_pushed_to(redis_server
             assert await registry.members() == [address_a]
             assert await client.zrange(keys.rollout_servers_seen(), 0, -1) == [address_a.encode()]
             assert outlet.servers() == [address_a]
-            report = await asyncio.to_thread(outlet.publish, 2, weights, "run")
-            assert [o.address for o in report.outcomes] == [address_a]
-            assert rollout_a.versions == [1, 2] and rollout_b.versions == [1]
+            assert await asyncio.to_thread(publish, 2) == [address_a]
+            assert {a: r["version"] for a, r in receivers.applied().items()} == {address_a: 2, address_b: 1}
             assert failures == []  # the stopped server was not even tried
         finally:
             await pool.close()
             await client.aclose()
 
     try:
+        receivers.wait_ready()
         asyncio.run(scenario())
     finally:
+        receivers.stop()
         outlet.stop()
         conn.close()
-        for server, _, _ in servers:
-            server.stop(grace=None)
 
 
 def test_a_server_registered_without_a_last_seen_time_gets_one_ttl(redis_server: RedisServer) -> None:
