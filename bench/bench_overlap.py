@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_ablation import base_overrides, exit_if_failed  # noqa: E402  (the same README-run overrides)
+
 SERVICE_PATHS = [ROOT, *(ROOT / "services" / s for s in ("controller", "reward", "rollout", "trainer"))]
 DAPO_ARMS: dict[str, list[str]] = {
     "sync": ["grpo.max_staleness=0"],
@@ -129,19 +132,7 @@ def analyse_dapo(records: list[dict[str, Any]], targets: list[float]) -> dict[st
 
 def run_dapo(arm: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     work = out / f"{arm}-seed{seed}"
-    overrides = [
-        f"policy.model_name={args.model}",
-        f"data.train_file={args.model}/data/train.jsonl",
-        f"data.validation_file={args.model}/data/test.jsonl",
-        f"grpo.seed={seed}",
-        f"grpo.max_num_steps={args.steps}",
-        f"grpo.val_period={args.val_period}",
-        f"logger.log_dir={work}/logs",
-        "logger.tensorboard_enabled=false",
-        "checkpointing.enabled=false",
-        *DAPO_ARMS[arm],
-        *args.dapo_override,
-    ]
+    overrides = [*base_overrides(args, seed, work), *DAPO_ARMS[arm], *args.dapo_override]
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "dapo.cli", "run", str(ROOT / "examples/configs/tiny_cpu.yaml"), *overrides],
@@ -286,10 +277,7 @@ def main() -> None:
             print(json.dumps({k: v for k, v in result.items() if k != "val"}), flush=True)
             (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             print(summarise(results, args.targets), flush=True)
-    failed = [r for r in results if "failed" in r]
-    if failed:
-        print(f"{len(failed)} run(s) failed", file=sys.stderr)
-        sys.exit(1)
+    exit_if_failed(results)
 
 
 if __name__ == "__main__":
