@@ -38,9 +38,10 @@ ARMS: dict[str, list[str]] = {
 }
 
 
-def run_arm(arm: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
-    work = out / f"{arm}-seed{seed}"
-    overrides = [
+def base_overrides(args: argparse.Namespace, seed: int, work: Path) -> list[str]:
+    """The README run from `args.model`, `seed`, `args.steps` steps validated every `args.val_period`,
+    logging under `work`, without TensorBoard or checkpoints (bench/bench_overlap.py uses them too)."""
+    return [
         f"policy.model_name={args.model}",
         f"data.train_file={args.model}/data/train.jsonl",
         f"data.validation_file={args.model}/data/test.jsonl",
@@ -50,8 +51,12 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
         f"logger.log_dir={work}/logs",
         "logger.tensorboard_enabled=false",
         "checkpointing.enabled=false",
-        *ARMS[arm],
     ]
+
+
+def run_arm(arm: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
+    work = out / f"{arm}-seed{seed}"
+    overrides = [*base_overrides(args, seed, work), *ARMS[arm]]
     started = time.perf_counter()
     proc = subprocess.run(
         [str(ROOT / ".venv/bin/dapo"), "run", str(ROOT / "examples/configs/tiny_cpu.yaml"), *overrides],
@@ -139,6 +144,11 @@ def main() -> None:
             print(json.dumps(result), flush=True)
             (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(summarise(results, args))
+    exit_if_failed(results)
+
+
+def exit_if_failed(results: list[dict]) -> None:
+    """Exit 1, saying how many, if any run failed (its record holds a "failed" log tail)."""
     failed = [r for r in results if "failed" in r]
     if failed:
         print(f"{len(failed)} run(s) failed", file=sys.stderr)

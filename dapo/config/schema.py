@@ -268,8 +268,9 @@ class LossConfig(Section):
     """Loss aggregation; defaults from `token_level_loss`."""
     reference_policy_kl_penalty: float = Field(0.0, ge=0, le=0)
     """Weight of a KL to the reference policy; must be 0: the trainer keeps no reference policy."""
-    use_importance_sampling_correction: bool = False
-    """Weight tokens by min(exp(old_logp - rollout_logp), C) (truncated importance sampling)."""
+    use_importance_sampling_correction: bool | None = None
+    """Weight tokens by min(exp(old_logp - rollout_logp), C) (truncated importance sampling); null:
+    on exactly when `grpo.max_staleness` is above 0 (samples from an older policy need it)."""
     truncated_importance_sampling_ratio: float = Field(2.0, gt=0)
     """C, the cap of the importance weight."""
     log_ratio_clamp: float = Field(20.0, gt=0)
@@ -346,6 +347,12 @@ class ClusterConfig(Section):
     """GPUs of a node given to rollout servers (the rest go to the trainer); default half."""
     trainer_processes_per_node: int | None = Field(None, ge=1)
     """Trainer ranks per node; default: its GPUs, or 1 on CPU."""
+    cpu_affinity_enabled: bool = True
+    """CPU runs of the local launcher: pin rollout server(s) and trainer to disjoint CPU sets (with
+    threads to match) when there are at least two usable CPUs; false leaves scheduling to the OS."""
+    rollout_cpus: int | None = Field(None, ge=1)
+    """CPUs of the rollout servers' set (the reward service and controller share it; the rest go to the
+    trainer); default half of the usable CPUs, rounded down."""
 
 
 class DataConfig(Section):
@@ -532,12 +539,17 @@ class RunConfig(Section):
                 f"grpo.reward_shaping.overlong_buffer_length ({shaping.overlong_buffer_length}) must be "
                 f"less than grpo.reward_shaping.max_response_length ({max_response})"
             )
-        if self.grpo.max_staleness > 0 and not self.loss_fn.use_importance_sampling_correction:
+        if self.loss_fn.use_importance_sampling_correction is None:
+            object.__setattr__(
+                self.loss_fn, "use_importance_sampling_correction", self.grpo.max_staleness > 0
+            )
+        elif self.grpo.max_staleness > 0 and not self.loss_fn.use_importance_sampling_correction:
             warnings.warn(
                 f"grpo.max_staleness is {self.grpo.max_staleness} but "
                 "loss_fn.use_importance_sampling_correction is false: samples from an older policy are "
                 "then trained on without a correction, which was unstable in bench/RESULTS.md "
-                '("Ablations"); set loss_fn.use_importance_sampling_correction: true',
+                '("Ablations"); leave loss_fn.use_importance_sampling_correction unset (it follows '
+                "grpo.max_staleness) or set it true",
                 ConfigWarning,
                 stacklevel=2,
             )

@@ -3,6 +3,9 @@ its trainer and then its controller SIGKILLed mid-run (the launcher restarts the
 resume), then three properties read back from the run's batch stream and metrics:
 - every trained sample's policy version is at least the trainer's version minus max_staleness, and
   some batches were trained on samples one version old (the loop really ran ahead);
+- the controller queued each batch while the trainer was at most max_staleness versions behind it, and
+  some before the trainer needed them (the trainer was kept fed); the importance correction was on
+  without being asked for (it follows max_staleness);
 - dynamic sampling filled every batch with mixed groups only (some answers right, some wrong);
 - the stop and resume lost and doubled nothing: one batch per step, each applied exactly once.
 """
@@ -43,6 +46,7 @@ class AsyncRun:
     batches: list[TrainBatch]
     applied: set[str]
     trainer_records: list[dict[str, Any]]
+    controller_records: list[dict[str, Any]]
     progress_steps: set[int]
     kinds: list[str]
 
@@ -65,7 +69,6 @@ def async_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AsyncRun]:
         "grpo.use_dynamic_sampling": True,
         "grpo.val_at_start": False,
         "grpo.val_period": 0,
-        "loss_fn.use_importance_sampling_correction": True,
         "data.validation_file": "null",
         "checkpointing.checkpoint_dir": work / "ckpt",
         "checkpointing.save_period": 2,  # batches applied but not yet checkpointed when the trainer dies
@@ -74,6 +77,7 @@ def async_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AsyncRun]:
         "logger.tensorboard_enabled": False,
     }
     config = load_config(ROOT / "examples/configs/tiny_cpu.yaml", [f"{k}={v}" for k, v in overrides.items()])
+    assert config.loss_fn.use_importance_sampling_correction  # the default with max_staleness > 0
     cwd = os.getcwd()
     os.chdir(ROOT)  # the config's model and data paths are relative to the repository
     launcher = Launcher(config, work / "launch", config.model_dump(mode="json"))
@@ -106,6 +110,11 @@ def async_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AsyncRun]:
                 r
                 for _, f in client.xrange(keys.metrics_stream(run_id))
                 if (r := json.loads(f[b"data"])).get("source") == "trainer"
+            ],
+            controller_records=[
+                r
+                for _, f in client.xrange(keys.metrics_stream(run_id))
+                if (r := json.loads(f[b"data"])).get("source") == "controller"
             ],
             progress_steps={int(r["step"]) for r in launcher.records if r.get("source") == "trainer"},
             kinds=[json.loads(f[b"data"])["kind"] for _, f in client.xrange(keys.events_stream(run_id))],
@@ -153,3 +162,19 @@ def test_the_stop_and_resume_lose_and_double_nothing(async_run: AsyncRun) -> Non
     # A batch applied after the last checkpoint is applied again from that checkpoint (same version);
     # none gets a second version.
     assert sorted({r["version"] for r in async_run.trainer_records}) == list(range(1, NUM_STEPS + 1))
+
+
+def test_the_controller_keeps_the_trainer_fed_within_the_bound(async_run: AsyncRun) -> None:
+    at_commit = {}
+    for record in async_run.controller_records:
+        step, version = int(record["step"]), int(record["queue/trainer_version_at_commit"])
+        # Never further ahead than max_staleness, and never after the trainer could have used the batch.
+        assert step - MAX_STALENESS <= version <= step, (step, version)
+        at_commit[step] = min(version, at_commit.get(step, version))
+    assert set(at_commit) == set(range(NUM_STEPS))
+    # Some batches were queued while the trainer still trained the one before: it did not wait for them.
+    assert any(version == step - 1 for step, version in at_commit.items() if step > 0), at_commit
+
+
+def test_the_importance_correction_ran_by_default(async_run: AsyncRun) -> None:
+    assert all("train/tis_truncated_frac" in r for r in async_run.trainer_records)

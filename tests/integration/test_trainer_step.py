@@ -124,3 +124,24 @@ def test_a_nemo_scheduler_steps_once_per_batch(one_rank, tiny_model_dir) -> None
     assert result.num_optimizer_steps == 4
     assert result.metrics["train/lr"] == pytest.approx(0.5e-3)  # all four steps at the batch's rate
     assert float(state["_lr_after"]) == pytest.approx(0.75e-3)  # then one scheduler step
+
+
+def test_the_gathered_weights_are_copies_in_the_served_dtype(one_rank, tiny_model_dir) -> None:
+    """What goes out as a version never shares storage with the parameters: the next optimizer step
+    changes those in place while the version is still being sent (in the background)."""
+    from dapo_trainer.model import read_model_info
+    from dapo_trainer.publish import gather_full_state_dict
+    from dapo_trainer.train import setup_model
+
+    config = parse_config({"policy": {"model_name": str(tiny_model_dir), "precision": "float32"}})
+    info = read_model_info(str(tiny_model_dir), None)
+    model = setup_model(config, info, one_rank)
+    for dtype, torch_dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        full = gather_full_state_dict(model, dtype, info.tie_word_embeddings, one_rank)
+        assert full and all(t.dtype == torch_dtype and t.device.type == "cpu" for t in full.values())
+        before = {name: tensor.clone() for name, tensor in full.items()}
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(1.0)
+        for name, tensor in full.items():
+            assert torch.equal(tensor, before[name]), f"{name} ({dtype}) follows the parameters"

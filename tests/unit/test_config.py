@@ -146,15 +146,30 @@ def test_bad_input_names_the_key(overrides: list[str], expected: str) -> None:
     assert expected in str(excinfo.value)
 
 
-def test_staleness_without_the_importance_correction_warns() -> None:
+def test_importance_correction_follows_staleness_by_default() -> None:
     tiny = ROOT / "examples/configs/tiny_cpu.yaml"
-    with pytest.warns(ConfigWarning, match="loss_fn.use_importance_sampling_correction"):
-        config = load_config(tiny, ["grpo.max_staleness=1"])
-    assert config.grpo.max_staleness == 1  # a warning, not an error
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        load_config(tiny, ["grpo.max_staleness=1", "loss_fn.use_importance_sampling_correction=true"])
-        load_config(tiny)
+        assert load_config(tiny, ["grpo.max_staleness=1"]).loss_fn.use_importance_sampling_correction is True
+        assert load_config(tiny, ["grpo.max_staleness=2"]).loss_fn.use_importance_sampling_correction is True
+        assert load_config(tiny).loss_fn.use_importance_sampling_correction is False
+        # An explicit choice stands when it is the safe one.
+        synchronous = load_config(tiny, ["loss_fn.use_importance_sampling_correction=true"])
+        assert synchronous.grpo.max_staleness == 0 and synchronous.loss_fn.use_importance_sampling_correction
+    # The resolved value survives a round trip through the dumped config (what the trainer reads).
+    dumped = load_config(tiny, ["grpo.max_staleness=1"]).model_dump(mode="json")
+    assert dumped["loss_fn"]["use_importance_sampling_correction"] is True
+
+
+def test_staleness_with_the_importance_correction_turned_off_warns() -> None:
+    tiny = ROOT / "examples/configs/tiny_cpu.yaml"
+    with pytest.warns(ConfigWarning, match="loss_fn.use_importance_sampling_correction") as caught:
+        config = load_config(
+            tiny, ["grpo.max_staleness=1", "loss_fn.use_importance_sampling_correction=false"]
+        )
+    assert "unstable" in str(caught[0].message)
+    # A warning, not an error: the explicit false is kept.
+    assert config.grpo.max_staleness == 1 and config.loss_fn.use_importance_sampling_correction is False
 
 
 def test_bad_override_syntax() -> None:

@@ -43,6 +43,7 @@ from dapo import auth, keys
 from dapo.config import ConfigError, RunConfig, load_config
 from dapo.hub import NotInCacheError, resolve_model_dir
 from dapo.local_redis import RedisServer, free_port
+from dapo_controller.cpu_sets import CpuPlan, cpu_list, plan_cpu_sets
 
 TERMINAL = {"succeeded", "failed", "stopped"}
 ROLLOUT_CPU_NICE = 10
@@ -64,14 +65,22 @@ class ServiceProcess:
     max_restarts: int = 3
     nice: int = 0
     """Added to the process's scheduling niceness (0: unchanged); children inherit it."""
+    cpus: frozenset[int] | None = None
+    """CPUs the process (and its children) may run on; None: unchanged."""
     restarts: int = 0
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        cmd = self.cmd
+        if self.cpus is not None:
+            # taskset sets the affinity and then execs: every thread and process of the service inherits it.
+            cmd = ["taskset", "--cpu-list", cpu_list(self.cpus), *cmd]
+        if self.nice:
+            cmd = ["nice", "-n", str(self.nice), *cmd]
         self.process = subprocess.Popen(
-            ["nice", "-n", str(self.nice), *self.cmd] if self.nice else self.cmd,
+            cmd,
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
@@ -263,6 +272,7 @@ class Launcher:
         self.work_dir = work_dir
         self.redis_server: RedisServer | None = None
         self.services: list[ServiceProcess] = []
+        self.cpu_plan = CpuPlan(None, None, None, "services not started")
         # Guards `services` and each service's restart: supervise() runs in the launcher's thread while
         # another (an operator's tool, the fault tests) may kill or drop a service.
         self._services_lock = threading.RLock()
@@ -298,23 +308,33 @@ class Launcher:
         secret_env = {"REDIS_URL": self.redis_url, **self.token_env}
         py = [sys.executable, "-m", "dapo.cli"]
         logs = self.work_dir / "services"
+        rollout_gpus, trainer_gpus = _gpu_split(cfg)
+        nproc = cfg.cluster.trainer_processes_per_node or max(1, len(trainer_gpus))
+        self.cpu_plan = plan_cpu_sets(cfg, trainer_ranks=nproc)
+        print(f"[dapo] {self.cpu_plan.message}", file=sys.stderr)
         self.reward_address = cfg.services.reward_address
         if not self.reward_address:
             port = free_port()
             self.reward_address = f"127.0.0.1:{port}"
             self.services.append(
                 ServiceProcess(
-                    "reward", [*py, *reward_args(cfg, "127.0.0.1", port, free_port())], logs / "reward.log"
+                    "reward",
+                    [*py, *reward_args(cfg, "127.0.0.1", port, free_port())],
+                    logs / "reward.log",
+                    env=self.cpu_plan.threads(self.cpu_plan.shared),
+                    cpus=self.cpu_plan.shared,
                 )
             )
         self.weights_address = cfg.services.weights_address or f"127.0.0.1:{free_port()}"
-        rollout_gpus, trainer_gpus = _gpu_split(cfg)
         self.rollout_addresses = list(cfg.services.rollout_addresses)
         if not self.rollout_addresses:
             for i in range(cfg.cluster.num_rollout_servers):
                 port = free_port()
                 self.rollout_addresses.append(f"127.0.0.1:{port}")
-                env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+                env = {
+                    "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+                    **self.cpu_plan.threads(self.cpu_plan.rollout),
+                }
                 if rollout_gpus[i]:
                     env["CUDA_VISIBLE_DEVICES"] = ",".join(rollout_gpus[i])
                 self.services.append(
@@ -327,10 +347,10 @@ class Launcher:
                         logs / f"rollout-{i}.log",
                         env=env,
                         nice=0 if rollout_gpus[i] else ROLLOUT_CPU_NICE,
+                        cpus=self.cpu_plan.rollout,
                     )
                 )
         if not cfg.services.weights_address:
-            nproc = cfg.cluster.trainer_processes_per_node or max(1, len(trainer_gpus))
             publisher_port = self.weights_address.rsplit(":", 1)[1]
             trainer = trainer_args(cfg, "127.0.0.1", publisher_port, free_port())
             if nproc > 1:
@@ -347,7 +367,10 @@ class Launcher:
             else:
                 cmd = [*py, *trainer]
             env = {"CUDA_VISIBLE_DEVICES": ",".join(trainer_gpus)} if trainer_gpus else {}
-            self.services.append(ServiceProcess("trainer", cmd, logs / "trainer.log", env=env))
+            env.update(self.cpu_plan.threads(self.cpu_plan.trainer, nproc))
+            self.services.append(
+                ServiceProcess("trainer", cmd, logs / "trainer.log", env=env, cpus=self.cpu_plan.trainer)
+            )
         self.controller_port = free_port()
         self.controller_url = f"{self.scheme}://127.0.0.1:{self.controller_port}"
         if with_controller:
@@ -373,6 +396,8 @@ class Launcher:
                 ),
             ],
             logs / "controller.log",
+            env=self.cpu_plan.threads(self.cpu_plan.shared),
+            cpus=self.cpu_plan.shared,
         )
 
     def _wait_ready(self, timeout_s: float = 60.0) -> None:
@@ -614,6 +639,7 @@ def main(argv: list[str]) -> int:
             check_model(config)
             check_wandb(config)
             _gpu_split(config)
+            plan_cpu_sets(config)
     except ConfigError as exc:
         print(f"dapo {mode}: {exc}", file=sys.stderr)
         return 2

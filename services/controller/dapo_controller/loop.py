@@ -47,6 +47,10 @@ from dapo_controller.store import RunStore
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2
+VERSION_POLL_S = 0.02
+"""How often a wait for the trainer reads its policy version (one GET): in an asynchronous run the next
+generation starts on that version, so a coarse poll would leave the rollout servers idle each step. The
+fault checks of the wait (stop, dead letters, heartbeat) still run every POLL_S."""
 WAIT_NOTICE_S = 2.0  # a wait still unfinished after this long gets a `waiting` event
 LOST_STATE = (
     "Redis lost this run's state (its record or loop state is gone: was Redis restarted without "
@@ -318,6 +322,7 @@ class RunLoop:
                 f"{counts['stale']} stale); raise grpo.dynamic_sampling_max_gen_batches or grpo.batch_multiplier"
             )
         kept = kept[:wanted]
+        t_build = time.monotonic()
         batch = build_train_batch(self.run_id, step, kept, cfg)
         # The batch and the loop state that produced it are committed together.
         fields = [x for pair in batch.to_fields().items() for x in pair]
@@ -327,6 +332,9 @@ class RunLoop:
         )
         if not committed:
             raise RunFailed(f"step {step}: {LOST_STATE}")
+        time_commit = time.monotonic() - t_build
+        # Below `step`: the batch was queued before the trainer needed it (the trainer was kept fed).
+        trainer_version_at_commit = await self._trainer_version()
         kept_versions = [s.version for g in kept for s in g.samples]
         metrics: dict[str, Any] = {"step": step, "source": "controller", **sample_metrics(generated)}
         metrics.update(
@@ -341,6 +349,8 @@ class RunLoop:
                 "train/staleness_mean": float(step - sum(kept_versions) / len(kept_versions)),
                 "time/generate": time_generate,
                 "time/reward": time_reward,
+                "time/build_commit": time_commit,
+                "queue/trainer_version_at_commit": trainer_version_at_commit,
                 "gen/tokens_per_s": num_tokens / max(time_generate, 1e-9),
                 "queue/batch_id": batch.batch_id,
             }
@@ -528,7 +538,9 @@ class RunLoop:
                     progress_deadline,
                     "services.trainer_progress_timeout_s",
                 )
-            await asyncio.sleep(POLL_S)
+            next_check = time.monotonic() + POLL_S
+            while time.monotonic() < next_check and await self._trainer_version() < version:
+                await asyncio.sleep(VERSION_POLL_S)
         await self._check_trainer_faults()
         await self._wait_for_servers(version)
 

@@ -7,6 +7,8 @@ the batches the newest checkpoint covers (and trim them from the stream) -> SADD
 set -> XADD the metrics.
 A batch is acknowledged only once a committed checkpoint includes it, so after a crash the restored
 checkpoint plus the redelivered batches give the parameters of an uninterrupted run.
+In an asynchronous run (`grpo.max_staleness` > 0) rank 0 publishes in a background thread, in order,
+while the next batch trains (dapo_trainer.background_publish).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dapo.batch import BatchFormatError, TrainBatch
 from dapo.config import RunConfig
 from dapo.stream_limits import StreamLimits
 from dapo_trainer import metrics as prom
+from dapo_trainer.background_publish import BackgroundPublisher
 from dapo_trainer.batches import BatchStream, decode_batch
 from dapo_trainer.checkpoint import TrainerState, checkpoint_root, restore_latest, save_checkpoint
 from dapo_trainer.distributed import DistContext, broadcast
@@ -81,6 +84,7 @@ class RunIO:
     stream: BatchStream
     reporter: RunReporter
     uncommitted: list[LedgerEntry] = field(default_factory=list)  # applied, in no committed checkpoint yet
+    background: BackgroundPublisher | None = None  # asynchronous runs: versions pushed off the step
 
 
 # --- setup -----------------------------------------------------------------------------------------
@@ -234,25 +238,34 @@ def train(config: RunConfig, run_id: str, services: Services) -> str:
             "trainer_ready", f"trainer serves version {state.version} on {ctx.world_size} rank(s)"
         )
     del full
+    if run.io is not None and config.grpo.max_staleness > 0:
+        run.io.background = BackgroundPublisher()
 
     last_done = time.monotonic()
-    while True:
-        command = broadcast(
-            _next_command(run.io, state, config, info, services, last_done) if run.io else None, ctx
-        )
-        if isinstance(command, Stop):
-            if config.checkpointing.enabled:
-                _commit_final(run)
-            log.info("run %s: %s", run_id, command.reason)
-            return command.reason
-        if isinstance(command, Apply):
-            apply_batch(run, command)
-            last_done = time.monotonic()
+    try:
+        while True:
+            command = broadcast(
+                _next_command(run.io, state, config, info, services, last_done) if run.io else None, ctx
+            )
+            if isinstance(command, Stop):
+                if run.io is not None and run.io.background is not None:
+                    run.io.background.wait()  # the last version is out before the run is left
+                if config.checkpointing.enabled:
+                    _commit_final(run)
+                log.info("run %s: %s", run_id, command.reason)
+                return command.reason
+            if isinstance(command, Apply):
+                apply_batch(run, command)
+                last_done = time.monotonic()
+    finally:
+        if run.io is not None and run.io.background is not None:
+            run.io.background.close()
 
 
 def apply_batch(run: Run, command: Apply) -> None:
     """Train on the batch, bump the version, checkpoint when due, publish, acknowledge, report."""
     config, state, ctx, batch = run.config, run.state, run.ctx, command.batch
+    started_at = time.time()
     result = train_on_batch(
         run.model, run.optimizer, run.scheduler, batch, config, ctx, run.info.pad_token_id
     )
@@ -278,7 +291,12 @@ def apply_batch(run: Run, command: Apply) -> None:
     if run.io is None:
         return
     t0 = time.perf_counter()
-    _publish(run.services, run.io, state.version, full)
+    io, background = run.io, run.io.background
+    if background is not None:
+        # Asynchronous run: the push goes on while the next batch trains (time/publish: the hand-off).
+        background.submit(lambda v, f: _publish(run.services, io, v, f), state.version, full)
+    else:
+        _publish(run.services, io, state.version, full)
     time_publish = time.perf_counter() - t0
     del full
     if is_checkpoint_due or not checkpointing.enabled:
@@ -300,7 +318,13 @@ def apply_batch(run: Run, command: Apply) -> None:
         # what the trainer does between its last optimizer step and being ready for the next batch
         "time/after_step": time.perf_counter() - stepped,
         "train/optimizer_step": float(state.optimizer_step),
+        # Wall clock (Unix s) of the batch's start and of its version's publication (hand-off, in an
+        # asynchronous run): time to accuracy in bench/bench_overlap.py.
+        "trainer/started_at": started_at,
+        "trainer/published_at": time.time(),
     }
+    if background is not None and background.last_duration_s is not None:
+        record["trainer/background_publish_s"] = background.last_duration_s  # the version before
     run.io.reporter.step(batch.step, state.version, record)
     log.info(
         "batch %s (step %d) -> version %d: loss %.4g, %.2f s",
@@ -378,8 +402,13 @@ def _reject(io: RunIO, entry_id: str, fields: dict[bytes, bytes], reason: str) -
 
 
 def _publish(services: Services, io: RunIO, version: int, full: dict[str, torch.Tensor]) -> None:
+    """Fan `version` out and announce it once the fan-out is done: the policy-version key is what the
+    controller waits for before it generates the next batch, so it must not run ahead of the servers
+    (a sample from an older version would be dropped as stale). Asynchronous runs call this from the
+    background publisher, off the step."""
     assert services.outlet is not None
     services.outlet.publish(version, full, run_id=io.run_id)
+    services.outlet.wait()
     io.redis.set(keys.policy_version(io.run_id), str(version))
 
 
