@@ -38,7 +38,14 @@ from dapo.config.schema import MathEnvConfig
 from dapo.data import PromptCursor, PromptRow, load_from_config
 from dapo.prompts import render_text
 from dapo.v1 import reward_pb2, reward_pb2_grpc, rollout_pb2
-from dapo_controller.groups import Group, Sample, build_train_batch, sample_metrics, select_groups
+from dapo_controller.groups import (
+    Group,
+    Sample,
+    build_train_batch,
+    overlong_metrics,
+    sample_metrics,
+    select_groups,
+)
 from dapo_controller.rollout_pool import NoHealthyServerError, RolloutPool
 from dapo_controller.store import RunStore
 
@@ -318,6 +325,7 @@ class RunLoop:
             raise RunFailed(f"step {step}: {LOST_STATE}")
         kept_versions = [s.version for g in kept for s in g.samples]
         metrics: dict[str, Any] = {"step": step, "source": "controller", **sample_metrics(generated)}
+        metrics.update(overlong_metrics(kept, cfg))
         metrics.update(
             {
                 "train/groups_generated": len(generated),
