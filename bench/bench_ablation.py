@@ -198,6 +198,11 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model directory (default: the task's)")
     parser.add_argument("--plot", default=None, help="write the curves of every arm to this PNG")
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: print the table and draw the plot of OUT/results.json",
+    )
+    parser.add_argument(
         "--append", action="store_true", help="add to the runs already in OUT/results.json (not rerun)"
     )
     parser.add_argument("--seeds", default="0,1,2")
@@ -217,12 +222,12 @@ def main() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = json.loads((out / "results.json").read_text()) if args.append else []
+    results = json.loads((out / "results.json").read_text()) if args.append or args.report_only else []
     for r in results:  # JSON made the step keys strings
         r["series"] = {
             k: {int(s): v for s, v in by_step.items()} for k, by_step in r.get("series", {}).items()
         }
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in [] if args.report_only else (int(s) for s in args.seeds.split(",")):
         for arm in arms:
             result = run_arm(arm, seed, args, out)
             results.append(result)

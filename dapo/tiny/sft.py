@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -77,36 +76,6 @@ class WarmStartConfig:
 def default_warm_start(task: str = "addition") -> WarmStartConfig:
     """The calibrated warm start of `task` (the build shipped for it)."""
     return replace(WarmStartConfig(), **get_task(task).warm_start)
-
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BASE_MODEL_FILES = (
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-)
-
-
-def copy_base_model(base: Path, out: Path) -> Path:
-    """Copy a shipped build's model and tokenizer files into `out`, after checking its weights against
-    the SHA-256 in its warm_start.json (a changed base would silently change this build's bytes)."""
-    report = base / "warm_start.json"
-    if not report.is_file():
-        raise ValueError(f"base model {str(base)!r} has no warm_start.json: not a shipped tiny build")
-    expected = json.loads(report.read_text())["model_sha256"]
-    actual = file_sha256(base / "model.safetensors")
-    if actual != expected:
-        raise ValueError(
-            f"base model {str(base)!r}: model.safetensors has SHA-256 {actual}, its warm_start.json "
-            f"records {expected}"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    for name in BASE_MODEL_FILES:
-        shutil.copyfile(base / name, out / name)
-    return base
 
 
 def file_sha256(path: str | Path) -> str:
@@ -226,12 +195,8 @@ def make_tiny_model(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(num_threads)
     try:
-        if tiny_task.base_model is None:
-            build_untrained_model(out, seed=seed, model_config=tiny_task.model_config)
-            say(f"built the untrained model in {out}")
-        else:
-            base = copy_base_model(REPO_ROOT / tiny_task.base_model, out)
-            say(f"starting from {base} (SHA-256 checked)")
+        build_untrained_model(out, seed=seed, model_config=tiny_task.model_config)
+        say(f"built the untrained model in {out}")
         train, test = tiny_task.split_problems(seed, num_test)
         train_path, test_path = tiny_task.write_task_data(out / "data", seed, num_test)
         say(f"wrote {len(train)} training and {len(test)} test problems to {train_path.parent}")
@@ -266,7 +231,6 @@ def make_tiny_model(
         "fraction_all_right_groups": sampled.fraction_all_right,
         "final_loss": losses[-1] if losses else None,
         "model_sha256": file_sha256(out / "model.safetensors"),
-        **({"base_model": tiny_task.base_model} if tiny_task.base_model else {}),
         "seconds": round(time.perf_counter() - started, 1),
         "num_threads": num_threads,
         "warm_start": asdict(config),

@@ -29,9 +29,6 @@ class TinyTask:
     """What evaluation compares with the ground truth; None: the whole stripped response."""
     eval_max_new_tokens: int
     """Generation budget of the warm start's evaluation (the run config's response budget)."""
-    base_model: str | None = None
-    """Start the warm start from this shipped build (a directory under the repository root), checked
-    against the SHA-256 its warm_start.json records; None: from random weights."""
     model_config: dict[str, Any] = field(default_factory=dict)
     """This task's settings of `model.MODEL_CONFIG` that differ (a smaller model trains faster here)."""
     build_threads: int = 2

@@ -41,7 +41,6 @@ def test_shipped_weights_are_the_reported_build_of_the_default_recipe(
     assert report.get("task", "addition") == task
     assert report["model_sha256"] == file_sha256(path / "model.safetensors")
     assert report["warm_start"] == asdict(default_warm_start(task))
-    assert report.get("base_model") == get_task(task).base_model
     config = json.loads((path / "config.json").read_text())
     # transformers files rope_theta under rope_parameters; every other key is written as given
     config["rope_theta"] = config.get("rope_parameters", config).get("rope_theta")
