@@ -1,4 +1,4 @@
-"""`dapo make-tiny-model DIR [--seed N] [--untrained]`: build the tiny CPU model and its task data.
+"""`dapo make-tiny-model DIR [--task addition|column-addition] [--seed N] [--untrained]`: build the tiny CPU model and its task data.
 
 Without `--untrained` it also runs the supervised warm start and writes `DIR/data/{train,test}.jsonl`
 and `DIR/warm_start.json`. torch and transformers are imported only after the arguments are parsed.
@@ -22,6 +22,13 @@ def _parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed for weights, data split and warm start (default 0)"
     )
     parser.add_argument(
+        "--task",
+        default="addition",
+        choices=["addition", "column-addition"],
+        help="addition: 2-digit sums, bare answers (examples/tiny-model, the default); column-addition: "
+        "2-digit sums worked column by column, then 'Answer: N' (examples/tiny-reasoning-model)",
+    )
+    parser.add_argument(
         "--untrained", action="store_true", help="random weights only: no warm start, no task data"
     )
     parser.add_argument(
@@ -30,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads",
         type=int,
-        default=2,
-        help="torch threads for the warm start (default 2; the same seed and thread count give the same bytes)",
+        default=None,
+        help="torch threads for the warm start (default: the shipped build's, 2 for addition, 1 for "
+        "column-addition; the same seed and thread count give the same bytes)",
     )
     return parser
 
@@ -41,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed < 0:
         print(f"dapo make-tiny-model: --seed must be >= 0, got {args.seed}", file=sys.stderr)
         return 2
+    from dapo.tiny.tasks import get_task
+
+    if args.threads is None:
+        args.threads = get_task(args.task).build_threads
     if args.threads < 1:
         print(f"dapo make-tiny-model: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
@@ -65,9 +77,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from dataclasses import replace
 
-    from dapo.tiny.sft import WarmStartConfig, make_tiny_model
+    from dapo.tiny.sft import default_warm_start, make_tiny_model
 
-    config = WarmStartConfig() if args.steps is None else replace(WarmStartConfig(), num_steps=args.steps)
+    config = default_warm_start(args.task)
+    if args.steps is not None:
+        config = replace(config, num_steps=args.steps)
     with Progress(
         TextColumn("warm start"),
         BarColumn(),
@@ -84,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             config=config,
             log=console.print,
             num_threads=args.threads,
+            task=args.task,
             on_step=lambda step, loss: progress.update(task, completed=step + 1, loss=loss),
         )
     console.print(

@@ -9,7 +9,7 @@ top_k=50 would renormalise it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,10 @@ class EvalResult:
     fraction_all_wrong: float
     fraction_all_right: float
     num_correct_per_prompt: list[int] = field(default_factory=list, repr=False)
+    mean_response_tokens: float = 0.0
+    """Mean generated tokens per sample, EOS included."""
+    truncated_frac: float = 0.0
+    """Fraction of samples that hit `max_new_tokens` without EOS."""
 
     def summary(self) -> dict[str, Any]:
         """The result without the per-prompt counts."""
@@ -57,8 +61,13 @@ def evaluate_model(
     max_new_tokens: int = 8,
     batch_size: int = 256,
     seed: int = 0,
+    final_answer: Callable[[str], str] | None = None,
 ) -> EvalResult:
-    """Generate for every row and score by exact match. `model` is a transformers causal LM."""
+    """Generate for every row and score by exact match. `model` is a transformers causal LM.
+
+    `final_answer` picks the answer out of a decoded response (e.g. the `Answer:` line of a worked
+    solution); without it the whole stripped response is the answer.
+    """
     import torch
 
     if num_samples < 1:
@@ -84,6 +93,8 @@ def evaluate_model(
     generator_state = torch.get_rng_state()
     torch.manual_seed(seed)
     num_correct: list[int] = []
+    lengths: list[int] = []
+    answer_of = final_answer or (lambda text: text)
     try:
         for start in range(0, len(prompts), batch_size):
             batch = tokenizer(
@@ -106,10 +117,14 @@ def evaluate_model(
                     pad_token_id=tokenizer.pad_token_id,
                     **sampling,
                 )
-            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            generated = out[:, batch["input_ids"].shape[1] :]
+            texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+            for row in generated.tolist():
+                ended = [k for k, token in enumerate(row) if token == tokenizer.eos_token_id]
+                lengths.append(ended[0] + 1 if ended else len(row) + 1)  # len+1: no EOS within budget
             for j, truth in enumerate(truths[start : start + batch_size]):
                 answers = texts[j * num_samples : (j + 1) * num_samples]
-                num_correct.append(sum(answer.strip() == truth for answer in answers))
+                num_correct.append(sum(answer_of(answer).strip() == truth for answer in answers))
     finally:
         tokenizer.padding_side = padding_side
         torch.set_rng_state(generator_state)
@@ -124,6 +139,8 @@ def evaluate_model(
         fraction_all_wrong=sum(c == 0 for c in num_correct) / num_prompts,
         fraction_all_right=sum(c == num_samples for c in num_correct) / num_prompts,
         num_correct_per_prompt=num_correct,
+        mean_response_tokens=sum(min(n, max_new_tokens) for n in lengths) / len(lengths),
+        truncated_frac=sum(n > max_new_tokens for n in lengths) / len(lengths),
     )
 
 
@@ -137,6 +154,7 @@ def evaluate_accuracy(
     max_new_tokens: int = 8,
     batch_size: int = 256,
     seed: int = 0,
+    final_answer: Callable[[str], str] | None = None,
 ) -> EvalResult:
     """Load the model in `model_dir` (float32, CPU) and evaluate it on `rows` (see `evaluate_model`)."""
     import torch
@@ -157,4 +175,5 @@ def evaluate_accuracy(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         seed=seed,
+        final_answer=final_answer,
     )

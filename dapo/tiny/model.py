@@ -42,8 +42,12 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_untrained_model(out_dir: str | Path, seed: int = 0) -> Path:
+def build_untrained_model(
+    out_dir: str | Path, seed: int = 0, model_config: dict[str, Any] | None = None
+) -> Path:
     """Write the tiny model with random weights, its tokenizer and chat template into `out_dir`.
+
+    `model_config` overrides keys of MODEL_CONFIG (e.g. a smaller hidden size).
 
     The directory loads with transformers' `AutoModelForCausalLM`/`AutoTokenizer` and with vLLM.
     Returns `out_dir` as a Path.
@@ -59,8 +63,11 @@ def build_untrained_model(out_dir: str | Path, seed: int = 0) -> Path:
     eos_id, pad_id = special_ids[IM_END], special_ids[ENDOFTEXT]
     assert special_ids[IM_START] < VOCAB_SIZE and eos_id < VOCAB_SIZE
 
+    unknown = sorted(set(model_config or {}) - set(MODEL_CONFIG))
+    if unknown:
+        raise ValueError(f"model_config: unknown keys {unknown}; expected some of {sorted(MODEL_CONFIG)}")
     config = Qwen2Config(
-        **MODEL_CONFIG,
+        **{**MODEL_CONFIG, **(model_config or {})},
         bos_token_id=pad_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,

@@ -27,11 +27,12 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dapo.tiny.task import Problem, no_carry_sum, split_problems, to_row, write_task_data
+from dapo.tiny.task import Problem, to_row
+from dapo.tiny.tasks import TinyTask, get_task
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ class WarmStartConfig:
             raise ValueError(f"WarmStartConfig.lr must be > 0, got {self.lr}")
 
 
+def default_warm_start(task: str = "addition") -> WarmStartConfig:
+    """The calibrated warm start of `task` (the build shipped for it)."""
+    return replace(WarmStartConfig(), **get_task(task).warm_start)
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes (the warm start's report records it for `model.safetensors`)."""
     digest = hashlib.sha256()
@@ -98,9 +104,13 @@ def supervised_warm_start(
     config: WarmStartConfig,
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
+    task: TinyTask | None = None,
 ) -> list[float]:
-    """Train `model` in place on forgot-to-carry labels; return the loss of every step."""
+    """Train `model` in place on `task`'s warm-start labels (default: addition, forgot-to-carry);
+    return the loss of every step."""
     import torch
+
+    task = task or get_task("addition")
 
     rng = random.Random(seed)
     # Cache the encodings: the prompt and both labels of every training problem.
@@ -127,11 +137,7 @@ def supervised_warm_start(
     for step in range(config.num_steps):
         sequences, prompt_lengths = [], []
         for problem in rng.choices(train, k=config.batch_size):
-            label = (
-                no_carry_sum(problem.a, problem.b)
-                if rng.random() < config.no_carry_fraction
-                else problem.answer
-            )
+            label = task.warm_label(problem, rng, config.no_carry_fraction)
             ids, prompt_length = encoded(problem, label)
             sequences.append(ids)
             prompt_lengths.append(prompt_length)
@@ -163,8 +169,9 @@ def make_tiny_model(
     log: Callable[[str], None] | None = print,
     on_step: Callable[[int, float], None] | None = None,
     num_threads: int = 2,
+    task: str = "addition",
 ) -> dict[str, Any]:
-    """Build the untrained model, warm-start it, write `data/train.jsonl` and `data/test.jsonl`.
+    """Build the untrained model, warm-start it on `task`, write `data/train.jsonl` and `data/test.jsonl`.
 
     The warm start runs on `num_threads` torch threads (2: both cores of the reference machine; the
     build takes about 8 minutes there).
@@ -180,30 +187,36 @@ def make_tiny_model(
 
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    config = config or WarmStartConfig()
+    tiny_task = get_task(task)
+    config = config or default_warm_start(task)
     say = log or (lambda _message: None)
     out = Path(out_dir)
     started = time.perf_counter()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(num_threads)
     try:
-        build_untrained_model(out, seed=seed)
+        build_untrained_model(out, seed=seed, model_config=tiny_task.model_config)
         say(f"built the untrained model in {out}")
-        train, test = split_problems(seed, num_test)
-        train_path, test_path = write_task_data(out / "data", seed=seed, num_test=num_test)
+        train, test = tiny_task.split_problems(seed, num_test)
+        train_path, test_path = tiny_task.write_task_data(out / "data", seed, num_test)
         say(f"wrote {len(train)} training and {len(test)} test problems to {train_path.parent}")
 
         tokenizer = AutoTokenizer.from_pretrained(out)
         model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
         _seed_everything(seed)
         say(f"supervised warm start: {config.num_steps} steps of {config.batch_size} problems")
-        losses = supervised_warm_start(model, tokenizer, train, config, seed=seed, on_step=on_step)
+        losses = supervised_warm_start(
+            model, tokenizer, train, config, seed=seed, on_step=on_step, task=tiny_task
+        )
         model.save_pretrained(str(out), safe_serialization=True)
 
         eval_rows = [to_row(p, i) for i, p in enumerate(test[: config.num_eval_problems])]
-        greedy = evaluate_model(model, tokenizer, eval_rows, greedy=True, seed=seed)
+        scoring: dict[str, Any] = {"max_new_tokens": tiny_task.eval_max_new_tokens, "seed": seed}
+        if tiny_task.final_answer is not None:
+            scoring["final_answer"] = tiny_task.final_answer
+        greedy = evaluate_model(model, tokenizer, eval_rows, greedy=True, **scoring)
         sampled = evaluate_model(
-            model, tokenizer, eval_rows, greedy=False, num_samples=config.num_eval_samples, seed=seed
+            model, tokenizer, eval_rows, greedy=False, num_samples=config.num_eval_samples, **scoring
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -222,6 +235,14 @@ def make_tiny_model(
         "num_threads": num_threads,
         "warm_start": asdict(config),
     }
+    if task != "addition":  # the shipped addition build's report predates these keys
+        report = {
+            "task": task,
+            **report,
+            "sampled_response_tokens": sampled.mean_response_tokens,
+            "sampled_truncated_frac": sampled.truncated_frac,
+            "eval_max_new_tokens": tiny_task.eval_max_new_tokens,
+        }
     (out / "warm_start.json").write_text(json.dumps(report, indent=2) + "\n")
     say(
         f"held-out greedy accuracy {greedy.accuracy:.1%}, sampled accuracy {sampled.accuracy:.1%} "

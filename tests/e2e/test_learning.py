@@ -34,20 +34,28 @@ NUM_VAL = 200
 WARM_MODEL = ROOT / "examples" / "tiny-model"
 
 
-def launch(model: Path, work: Path) -> Launcher:
+def launch(
+    model: Path,
+    work: Path,
+    config_file: Path = ROOT / "examples/configs/tiny_cpu.yaml",
+    num_steps: int = NUM_STEPS,
+    num_val: int = NUM_VAL,
+) -> Launcher:
+    """Start the services of `config_file`'s run on `model` (not yet submitted): `num_steps` steps,
+    validation on `num_val` problems before and after, a checkpoint at the end, logs under `work`."""
     overrides = {
         "policy.model_name": model,
         "data.train_file": model / "data/train.jsonl",
         "data.validation_file": model / "data/test.jsonl",
-        "data.max_val_samples": NUM_VAL,
-        "grpo.max_num_steps": NUM_STEPS,
-        "grpo.val_period": NUM_STEPS,
+        "data.max_val_samples": num_val,
+        "grpo.max_num_steps": num_steps,
+        "grpo.val_period": num_steps,
         "checkpointing.checkpoint_dir": work / "ckpt",
-        "checkpointing.save_period": NUM_STEPS,
+        "checkpointing.save_period": num_steps,
         "logger.log_dir": work / "logs",
         "logger.tensorboard_enabled": False,
     }
-    config = load_config(ROOT / "examples/configs/tiny_cpu.yaml", [f"{k}={v}" for k, v in overrides.items()])
+    config = load_config(config_file, [f"{k}={v}" for k, v in overrides.items()])
     launcher = Launcher(config, work / "launch", config.model_dump(mode="json"))
     launcher.start()
     return launcher

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dapo_controller.groups import Group, Sample, build_train_batch, sample_metrics, select_groups
+from dapo_controller.groups import (
+    Group,
+    Sample,
+    build_train_batch,
+    overlong_metrics,
+    sample_metrics,
+    select_groups,
+)
 
 from dapo.batch import TrainBatch
 from dapo.config import load_config
@@ -82,6 +89,23 @@ def test_overlong_filtering_masks_truncated_answers() -> None:
     g.samples[1].finish_reason = "length"
     batch = build_train_batch("r1", 0, [g], config)
     assert batch.loss_mask[0].tolist() == [1, 1] and batch.loss_mask[1].tolist() == [0, 0]
+
+
+def test_overlong_metrics_report_the_penalty_and_the_filter() -> None:
+    shaped = [*SMALL, "grpo.reward_shaping.enabled=true", "grpo.reward_shaping.overlong_buffer_length=4"]
+    # L_max 8, L_cache 4: lengths 2, 6 and 8 (truncated) get 0, -0.5 and -1.
+    groups = [group("a", [True, False], lengths=[2, 6]), group("b", [False], lengths=[8], truncated=True)]
+    metrics = overlong_metrics(groups, load_config(None, [*shaped, "grpo.overlong_filtering=true"]))
+    assert metrics["train/overlong_penalty"] == pytest.approx(-0.5)
+    assert metrics["train/overlong_penalized_frac"] == pytest.approx(2 / 3)
+    assert metrics["train/overlong_filtered_frac"] == pytest.approx(1 / 3)
+    off = overlong_metrics(groups, load_config(None, SMALL))
+    assert off == {
+        "train/overlong_penalty": 0.0,
+        "train/overlong_penalized_frac": 0.0,
+        "train/overlong_filtered_frac": 0.0,
+    }
+    assert overlong_metrics([], load_config(None, SMALL)) == {}
 
 
 def test_empty_groups_are_an_error() -> None:

@@ -80,6 +80,24 @@ def shaped_rewards(groups: list[Group], config: RunConfig) -> np.ndarray:
     )
 
 
+def overlong_metrics(groups: list[Group], config: RunConfig, prefix: str = "train") -> dict[str, float]:
+    """What overlong shaping did to the trained batch `groups`: the mean penalty added to the reward,
+    the fraction of answers it penalised (inside the buffer or over the budget) and the fraction that
+    overlong filtering masked out of the loss. Zeros when the feature is off."""
+    samples = [s for g in groups for s in g.samples]
+    if not samples:
+        return {}
+    penalty = shaped_rewards(groups, config) - np.array([s.score for s in samples], dtype=np.float64)
+    filtered = config.grpo.overlong_filtering and any(s.is_truncated for s in samples)
+    return {
+        f"{prefix}/overlong_penalty": float(penalty.mean()),
+        f"{prefix}/overlong_penalized_frac": float(np.mean(penalty < 0)),
+        f"{prefix}/overlong_filtered_frac": float(np.mean([s.is_truncated for s in samples]))
+        if filtered
+        else 0.0,
+    }
+
+
 def build_train_batch(run_id: str, step: int, groups: list[Group], config: RunConfig) -> TrainBatch:
     """The TrainBatch of one step; its id is derived from (run, step) so a resubmission is detectable."""
     if not groups:

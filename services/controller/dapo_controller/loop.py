@@ -39,7 +39,14 @@ from dapo.data import PromptCursor, PromptRow, load_from_config
 from dapo.prompts import render_text
 from dapo.stream_limits import StreamLimits
 from dapo.v1 import reward_pb2, reward_pb2_grpc, rollout_pb2
-from dapo_controller.groups import Group, Sample, build_train_batch, sample_metrics, select_groups
+from dapo_controller.groups import (
+    Group,
+    Sample,
+    build_train_batch,
+    overlong_metrics,
+    sample_metrics,
+    select_groups,
+)
 from dapo_controller.reward_client import reward_channel
 from dapo_controller.rollout_pool import NoHealthyServerError, RolloutPool
 from dapo_controller.rollout_registry import RolloutRegistry
@@ -337,6 +344,7 @@ class RunLoop:
         trainer_version_at_commit = await self._trainer_version()
         kept_versions = [s.version for g in kept for s in g.samples]
         metrics: dict[str, Any] = {"step": step, "source": "controller", **sample_metrics(generated)}
+        metrics.update(overlong_metrics(kept, cfg))
         metrics.update(
             {
                 "train/groups_generated": len(generated),
