@@ -97,6 +97,7 @@ class _Loop:
         self.loop.run_id = "r"
         self.loop.config = load_config(None, overrides)
         self.prompts_per_round: list[int] = []
+        self.temperatures: list[float] = []
         self.score = score
 
         async def no_stop() -> None:
@@ -104,6 +105,7 @@ class _Loop:
 
         async def generate(rows: list[PromptRow], n: int, temperature: float) -> list[Group]:
             self.prompts_per_round.append(len(rows))
+            self.temperatures.append(temperature)
             return [_group(row.id, [0.0] * n) for row in rows]
 
         async def scored(groups: list[Group]) -> None:
@@ -141,10 +143,11 @@ def test_dynamic_sampling_max_gen_batches_bounds_the_rounds_then_fails_naming_th
 
 
 def test_a_filled_batch_stops_generating_and_batch_multiplier_oversamples() -> None:
-    mixed = _Loop([*SMALL, "grpo.batch_multiplier=2.5"], score=1.0)
+    mixed = _Loop([*SMALL, "grpo.batch_multiplier=2.5", "policy.generation.temperature=0.6"], score=1.0)
     with pytest.raises(_Committed):
         mixed.make_batch()
     assert mixed.prompts_per_round == [5]  # ceil(2 * 2.5), one round: the batch is full
+    assert mixed.temperatures == [0.6]  # training rounds sample at policy.generation.temperature
     exact = _Loop([*SMALL, "grpo.batch_multiplier=2.5", "grpo.use_dynamic_sampling=false"], score=0.0)
     with pytest.raises(_Committed):
         exact.make_batch()
@@ -219,6 +222,34 @@ def test_generation_keys_reach_the_generate_call() -> None:
     (sampling,) = sent
     assert (sampling.n, sampling.max_tokens, list(sampling.stop)) == (2, 6, ["</answer>"])
     assert (sampling.temperature, sampling.top_p, sampling.top_k) == pytest.approx((0.7, 0.9, 20))
+
+
+def test_rpc_timeout_s_is_the_deadline_of_the_trainers_weight_pushes(redis_server) -> None:  # type: ignore[no-untyped-def]
+    from dapo_trainer.main import TrainerOptions
+    from dapo_trainer.redis_io import RetryingRedis
+    from dapo_trainer.service import _open_outlet
+
+    options = TrainerOptions(
+        redis_url=redis_server.url,
+        run_id="r",
+        config_path=None,
+        overrides=(),
+        publisher_host="127.0.0.1",
+        publisher_port=0,
+        metrics_port=None,
+        weights_dtype="float32",
+        exit_when_done=True,
+        poll_interval_s=0.1,
+        heartbeat_ttl_s=5.0,
+        redis_retry_s=5.0,
+    )
+    config = load_config(None, ["services.rpc_timeout_s=7.5", "services.rollout_addresses=['127.0.0.1:1']"])
+    outlet = _open_outlet(options, RetryingRedis(redis_server.url, retry_s=5), "r", config)
+    try:
+        assert outlet.push_timeout_s == 7.5
+        assert outlet.static_addresses == ["127.0.0.1:1"]  # services.rollout_addresses: pushed to as well
+    finally:
+        outlet.stop()
 
 
 def test_binary_reward_reaches_the_score_request() -> None:
