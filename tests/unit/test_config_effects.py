@@ -252,6 +252,17 @@ def test_rpc_timeout_s_is_the_deadline_of_the_trainers_weight_pushes(redis_serve
         outlet.stop()
 
 
+def test_redis_timeout_s_is_how_long_the_started_services_retry_redis() -> None:
+    from dapo_controller.launcher import controller_args, trainer_args
+    from dapo_trainer.main import parse_args
+
+    config = load_config(None, ["services.redis_timeout_s=12.5"])
+    trainer = trainer_args(config, "127.0.0.1", 1, 2)[1:]  # after the `trainer` subcommand
+    assert parse_args([*trainer, "--redis-url", "redis://127.0.0.1:1/0"]).redis_retry_s == 12.5
+    controller = controller_args(config, "127.0.0.1", 1, ["127.0.0.1:2"], "127.0.0.1:3")
+    assert controller[controller.index("--redis-retry-timeout") + 1] == "12.5"
+
+
 def test_binary_reward_reaches_the_score_request() -> None:
     items = [("\\boxed{2}", "2")]
     assert score_request(parse_config({"env": {"math": {"binary_reward": True}}}).env.math, items).binary
