@@ -19,7 +19,7 @@ def one_rank():  # noqa: ANN201
     teardown_distributed()
 
 
-def _train(ctx, model_dir, batch, **policy):  # noqa: ANN001, ANN202
+def _train(ctx, model_dir, batch, loss_fn=None, **policy):  # noqa: ANN001, ANN202
     from dapo_trainer.model import read_model_info
     from dapo_trainer.optim import build_optimizer
     from dapo_trainer.step import train_on_batch
@@ -37,6 +37,7 @@ def _train(ctx, model_dir, batch, **policy):  # noqa: ANN001, ANN202
                 **policy,
             },
             "grpo": {"num_prompts_per_step": 2, "num_generations_per_prompt": 4},
+            "loss_fn": loss_fn or {},
         }
     )
     info = read_model_info(str(model_dir), None)
@@ -45,6 +46,9 @@ def _train(ctx, model_dir, batch, **policy):  # noqa: ANN001, ANN202
     result = train_on_batch(model, optimizer, scheduler, batch, config, ctx, info.pad_token_id)
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     state["_lr_after"] = torch.tensor(optimizer.param_groups[0]["lr"])
+    # the last optimizer step's gradients, as clipped (optimizer.step leaves them in place)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+    state["_grad_norm_after"] = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
     return result, state
 
 
@@ -105,6 +109,63 @@ def test_only_later_optimizer_steps_need_a_pass_for_old_log_probs(
     passes.clear()
     _train(one_rank, tiny_model_dir, batch, train_global_batch_size=8, train_micro_batch_size=4)
     assert passes == []  # one optimizer step: no extra pass at all
+
+
+def test_max_grad_norm_clips_the_gradient_of_each_step(one_rank, tiny_model_dir) -> None:
+    """NeMo RL's policy.max_grad_norm: the global gradient norm is clipped to it before the optimizer
+    step; train/grad_norm reports the norm before clipping; null leaves the gradient as it is."""
+    batch = make_batch("r", 0, num_sequences=8, vocab_size=512)
+    full = dict(train_global_batch_size=8, train_micro_batch_size=8)
+    free, free_state = _train(one_rank, tiny_model_dir, batch, max_grad_norm=None, **full)
+    raw_norm = free.metrics["train/grad_norm"]
+    assert float(free_state["_grad_norm_after"]) == pytest.approx(raw_norm, rel=1e-5)
+    limit = raw_norm / 10
+    clipped, clipped_state = _train(one_rank, tiny_model_dir, batch, max_grad_norm=limit, **full)
+    assert clipped.metrics["train/grad_norm"] == pytest.approx(raw_norm, rel=1e-5)
+    assert float(clipped_state["_grad_norm_after"]) == pytest.approx(limit, rel=1e-4)
+    moved = [name for name, t in free_state.items() if not name.startswith("_")]
+    assert any(not torch.equal(free_state[n], clipped_state[n]) for n in moved)  # a different update
+    loose, loose_state = _train(one_rank, tiny_model_dir, batch, max_grad_norm=raw_norm * 10, **full)
+    assert float(loose_state["_grad_norm_after"]) == pytest.approx(raw_norm, rel=1e-5)  # under the limit
+
+
+def test_token_level_loss_chooses_the_average_over_tokens_or_sequences(one_rank, tiny_model_dir) -> None:
+    """loss_fn.token_level_loss: true averages -A over all loss tokens of the batch (DAPO), false
+    averages each sequence's tokens first and then the sequences (GRPO). In a batch's only optimizer
+    step the ratio is 1, so the loss is exactly that average of -A."""
+    import numpy as np
+
+    batch = make_batch("r", 0, num_sequences=8, vocab_size=512)
+    advantages = np.asarray(batch.advantages, dtype=np.float64)
+    num_tokens = np.array([int(np.asarray(m).sum()) for m in batch.loss_mask], dtype=np.float64)
+    assert len(set(num_tokens)) > 1  # lengths differ, so the two averages differ
+    sizes = dict(train_global_batch_size=8, train_micro_batch_size=4)
+    tokens, _ = _train(one_rank, tiny_model_dir, batch, **sizes)
+    sequences, _ = _train(one_rank, tiny_model_dir, batch, loss_fn={"token_level_loss": False}, **sizes)
+    token_mean = float(-(advantages * num_tokens).sum() / num_tokens.sum())
+    assert tokens.metrics["train/loss"] == pytest.approx(token_mean, abs=1e-5)
+    assert sequences.metrics["train/loss"] == pytest.approx(float(-advantages.mean()), abs=1e-5)
+    assert abs(token_mean - float(-advantages.mean())) > 1e-3
+
+
+def test_logprob_chunk_size_and_temperature_reach_the_sharded_model(one_rank, tiny_model_dir) -> None:
+    """The trainer's log-probs are computed in chunks of policy.logprob_chunk_size tokens, at the
+    sampling temperature (NeMo RL scales the logits by policy.generation.temperature)."""
+    from dapo_trainer.model import read_model_info
+    from dapo_trainer.train import setup_model
+
+    config = parse_config(
+        {
+            "policy": {
+                "model_name": str(tiny_model_dir),
+                "precision": "float32",
+                "logprob_chunk_size": 7,
+                "generation": {"temperature": 0.7, "max_new_tokens": 32},
+            }
+        }
+    )
+    model = setup_model(config, read_model_info(str(tiny_model_dir), None), one_rank)
+    assert (model.chunk_size, model.temperature) == (7, 0.7)
 
 
 def test_a_nemo_scheduler_steps_once_per_batch(one_rank, tiny_model_dir) -> None:

@@ -120,3 +120,61 @@ def test_sample_metrics() -> None:
         and metrics["val/reward"] == 0.0
         and metrics["val/response_length"] == 3.0
     )
+
+
+# --- NeMo RL's advantage and shaping keys -------------------------------------------------------------------
+
+
+def test_normalize_rewards_divides_the_advantages_by_the_group_std() -> None:
+    groups = [group("a", [True, False, False, False])]
+    rewards = np.array([1.0, -1.0, -1.0, -1.0])
+    centred = rewards - rewards.mean()
+    config = [*SMALL, "grpo.num_generations_per_prompt=4", "grpo.num_prompts_per_step=1"]
+    scaled = build_train_batch("r", 0, groups, load_config(None, config)).advantages
+    np.testing.assert_allclose(scaled, centred / (rewards.std(ddof=1) + 1e-6), rtol=1e-5)
+    # NeMo RL's normalize_rewards: false keeps the mean baseline only (Dr. GRPO).
+    plain = build_train_batch("r", 0, groups, load_config(None, [*config, "grpo.normalize_rewards=false"]))
+    np.testing.assert_allclose(plain.advantages, centred, rtol=1e-6)
+
+
+def test_leave_one_out_baseline_is_the_mean_of_the_other_answers() -> None:
+    groups = [group("a", [True, False, False, False])]
+    config = load_config(
+        None,
+        [
+            *SMALL,
+            "grpo.num_generations_per_prompt=4",
+            "grpo.num_prompts_per_step=1",
+            "grpo.use_leave_one_out_baseline=true",
+            "grpo.normalize_rewards=false",
+        ],
+    )
+    advantages = build_train_batch("r", 0, groups, config).advantages
+    # 1 - mean(-1, -1, -1) = 2; -1 - mean(1, -1, -1) = -2/3
+    np.testing.assert_allclose(advantages, [2.0, -2 / 3, -2 / 3, -2 / 3], rtol=1e-6)
+
+
+def test_overlong_penalty_and_max_response_length_set_the_ramp() -> None:
+    config = load_config(
+        None,
+        [
+            *SMALL,
+            "grpo.normalize_rewards=false",
+            "grpo.reward_shaping.enabled=true",
+            "grpo.reward_shaping.overlong_buffer_length=4",
+            "grpo.reward_shaping.overlong_buffer_penalty=0.5",
+            "grpo.reward_shaping.max_response_length=6",
+        ],
+    )
+    # L_max 6 (not max_new_tokens 8), L_cache 4, penalty 0.5: length 4 is half-way down the ramp
+    # (-0.25), length 2 is before it (0).
+    batch = build_train_batch("r", 0, [group("a", [True, True], lengths=[4, 2])], config)
+    shaped = np.array([1.0 - 0.25, 1.0])
+    np.testing.assert_allclose(batch.advantages, shaped - shaped.mean(), rtol=1e-6)
+    config.grpo.reward_shaping.enabled = False  # the keys do nothing while shaping is off
+    assert build_train_batch(
+        "r", 0, [group("a", [True, True], lengths=[4, 2])], config
+    ).advantages.tolist() == [
+        0.0,
+        0.0,
+    ]

@@ -49,6 +49,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.tensor import DTensor
 
+from dapo.config import RunConfig
 from dapo_trainer.distributed import DistContext, all_gather, barrier, broadcast
 from dapo_trainer.ledger import Ledger
 from dapo_trainer.model import ModelInfo
@@ -74,6 +75,14 @@ class TrainerState:
     version: int = 0
     optimizer_step: int = 0
     ledger: Ledger = field(default_factory=Ledger)
+
+
+def is_checkpoint_due(version: int, config: RunConfig) -> bool:
+    """NeMo RL's checkpointing: every `save_period` steps and at the last step, when enabled."""
+    checkpointing = config.checkpointing
+    return checkpointing.enabled and (
+        version % checkpointing.save_period == 0 or version == config.grpo.max_num_steps
+    )
 
 
 def checkpoint_root(checkpoint_dir: str, run_id: str, node_rank: int = 0) -> Path:

@@ -28,7 +28,13 @@ from dapo.stream_limits import StreamLimits
 from dapo_trainer import metrics as prom
 from dapo_trainer.background_publish import BackgroundPublisher
 from dapo_trainer.batches import BatchStream, decode_batch
-from dapo_trainer.checkpoint import TrainerState, checkpoint_root, restore_latest, save_checkpoint
+from dapo_trainer.checkpoint import (
+    TrainerState,
+    checkpoint_root,
+    is_checkpoint_due,
+    restore_latest,
+    save_checkpoint,
+)
 from dapo_trainer.distributed import DistContext, broadcast
 from dapo_trainer.fsdp import load_full_state_dict, shard_model
 from dapo_trainer.ledger import LedgerEntry
@@ -280,12 +286,9 @@ def apply_batch(run: Run, command: Apply) -> None:
     t0 = time.perf_counter()
     full = run.gather()
     time_gather = time.perf_counter() - t0
-    checkpointing = config.checkpointing
-    is_checkpoint_due = checkpointing.enabled and (
-        state.version % checkpointing.save_period == 0 or state.version == config.grpo.max_num_steps
-    )
+    is_due = is_checkpoint_due(state.version, config)
     t0 = time.perf_counter()
-    if is_checkpoint_due:
+    if is_due:
         run.save(full)
     time_checkpoint = time.perf_counter() - t0
     if run.io is None:
@@ -299,7 +302,7 @@ def apply_batch(run: Run, command: Apply) -> None:
         _publish(run.services, io, state.version, full)
     time_publish = time.perf_counter() - t0
     del full
-    if is_checkpoint_due or not checkpointing.enabled:
+    if is_due or not config.checkpointing.enabled:
         _acknowledge(run.io)
     _set_heartbeat(run.services, run.run_id, state)
     times = {
