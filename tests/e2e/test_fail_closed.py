@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,13 +117,25 @@ class DapoRun:
         return self.output.read_text(errors="replace")
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.2) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.2)
+        time.sleep(poll_s)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def generating(metrics_url: str) -> bool:
+    """Whether the rollout server whose Prometheus endpoint this is serves a Generate call now."""
+    try:
+        text = urllib.request.urlopen(metrics_url, timeout=2).read().decode()
+    except OSError:
+        return False
+    return any(
+        line.startswith("dapo_rollout_requests_in_flight ") and float(line.split()[1]) > 0
+        for line in text.splitlines()
+    )
 
 
 @pytest.fixture
@@ -275,11 +288,16 @@ def test_the_only_rollout_server_restarting_is_waited_for(
 ) -> None:
     run = dapo_run(aof_redis.url)
     wait_for_step(run, 2)
-    # Lost in the middle of a generation: the loop starts the next step's generation as soon as the
-    # trainer publishes a version, so freeze the server then (the Generate call it gets hangs), and
-    # kill it frozen (the call fails). The launcher restarts it.
+    # Lost in the middle of a generation: once version 3 is out, freeze the server as soon as its
+    # metrics show a Generate call in flight (the call hangs), and kill it frozen (the call fails).
+    # The launcher restarts it.
     wait_for(lambda: run.version() >= 3, 480, "version 3")
-    pgid = run.service("rollout").pid
+    rollout = run.service("rollout")
+    metrics_url = (
+        f"http://127.0.0.1:{rollout.cmdline()[rollout.cmdline().index('--metrics-port') + 1]}/metrics"
+    )
+    wait_for(lambda: generating(metrics_url), 120, "a Generate call in flight", poll_s=0.01)
+    pgid = rollout.pid
     os.killpg(pgid, signal.SIGSTOP)
     time.sleep(3.0)
     os.killpg(pgid, signal.SIGKILL)
