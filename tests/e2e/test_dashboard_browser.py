@@ -23,7 +23,7 @@ from tests.conftest import require_module, require_tool
 BROWSER_WHY = "scripts/install.sh installs Debian's chromium and chromium-driver"
 webdriver = require_module("selenium.webdriver", "the dev extra installs selenium")
 
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -142,7 +142,11 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 def wait_for(driver: Any, condition: Callable[[Any], Any], what: str, timeout: float = WAIT_S) -> Any:
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+        # The page re-renders its lists as events arrive: an element found a moment ago may be gone, so
+        # a condition that meets a stale element is tried again, not failed.
+        return WebDriverWait(
+            driver, timeout, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(condition)
     except TimeoutException:
         screenshot(driver, "timeout")
         raise AssertionError(f"timed out after {timeout} s waiting for {what}") from None
