@@ -53,6 +53,14 @@ def subtree(plan: weights_pb2.RelayPlan) -> list[str]:
     return [plan.address, *plan.downstream]
 
 
+def subtrees(plan: weights_pb2.RelayPlan) -> dict[str, list[str]]:
+    """Every server of the plan, mapped to its subtree (itself and the servers it relays to)."""
+    out = {plan.address: subtree(plan)}
+    for child in child_plans(plan):
+        out.update(subtrees(child))
+    return out
+
+
 def manifest_frame(manifest: weights_pb2.WeightManifest, plan: weights_pb2.RelayPlan | None) -> bytes:
     """The serialized first message of a stream: `manifest` with `plan` as its relay plan (None: none)."""
     copy = weights_pb2.WeightManifest()

@@ -47,6 +47,11 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
 VersionKey = tuple[str, int]  # (run_id, version)
+# How long a fan-out waits, after a plan's stream ended, for its servers without an outcome to resume from
+# here (a relay's upstream failing resets its connection at once; a stalled one shows after stall_s)
+# before it sends them the version again. A second stream to a server that is resuming is harmless: it
+# waits for the first and answers "already served".
+STRANDED_GRACE_S = 5.0
 
 
 def _varint(value: int) -> bytes:
@@ -157,6 +162,7 @@ class _Servicer:
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"resume.from_chunk must be in [0, {encoded.num_chunks}], got {resume.from_chunk}",
                 )
+            self.publisher.add_resumer(resume.run_id, resume.version, request.requester)
             log.info(
                 "%s resumes version %d of run '%s' at chunk %d of %d",
                 request.requester or context.peer(),
@@ -212,6 +218,8 @@ class WeightPublisher:
         self._pinned: dict[VersionKey, tuple[EncodedVersion, int]] = {}
         # ReportRelay outcomes by version, collected while a fan-out of that version runs
         self._reports: dict[VersionKey, dict[str, weights_pb2.RelayOutcome]] = {}
+        # the relays that resumed a version from here while its fan-out runs (they will report)
+        self._resumers: dict[VersionKey, set[str]] = {}
         self._egress_bytes = 0
         self._num_encodes = 0
         self._server: grpc.Server | None = None
@@ -350,11 +358,19 @@ class WeightPublisher:
                 outcomes[outcome.address] = outcome
             self._lock.notify_all()
 
+    def add_resumer(self, run_id: str, version: int, address: str) -> None:
+        with self._lock:
+            resumers = self._resumers.get((run_id, version))
+            if resumers is not None and address:
+                resumers.add(address)
+                self._lock.notify_all()
+
     def _pin(self, encoded: EncodedVersion) -> None:
         with self._lock:
             _, count = self._pinned.get(encoded.key, (encoded, 0))
             self._pinned[encoded.key] = (encoded, count + 1)
             self._reports.setdefault(encoded.key, {})
+            self._resumers.setdefault(encoded.key, set())
 
     def _unpin(self, encoded: EncodedVersion) -> None:
         with self._lock:
@@ -364,6 +380,7 @@ class WeightPublisher:
                 return
             del self._pinned[encoded.key]
             self._reports.pop(encoded.key, None)
+            self._resumers.pop(encoded.key, None)
 
     def fan_out(
         self,
@@ -377,7 +394,10 @@ class WeightPublisher:
         """Stream `encoded` to `servers` through a relay plan; one outcome per server, in their order.
 
         Returns once every server's outcome is known (from the reply that comes back up the plan, or
-        from the reports of relays that resumed after their upstream failed), or at `timeout`.
+        from the reports of relays that resumed after their upstream failed), or at `timeout`. A relay
+        that dies before it opened its own downstream (or the root, before it relayed anything) leaves
+        servers that never heard of the version: once the plan's stream has ended, the servers that
+        neither answered nor resumed within `min(stall_s, STRANDED_GRACE_S)` get a plan of their own.
         """
         servers = list(dict.fromkeys(servers))
         if not servers:
@@ -387,7 +407,8 @@ class WeightPublisher:
         try:
             known: dict[str, weights_pb2.RelayOutcome] = {}
             remaining = servers
-            while remaining:  # the first server that answers is the root; the ones before it are down
+            while remaining and time.monotonic() < deadline:
+                # the first server that answers is the root; the ones before it are down
                 (root, downstream), *_ = relay.split_downstream(remaining, 1)
                 unreachable = probe(root, min(stall_s, 10.0))
                 if unreachable is not None:
@@ -401,11 +422,18 @@ class WeightPublisher:
                     address=root, downstream=downstream, fanout=fanout, stall_s=stall_s
                 )
                 try:
-                    reply = self._stream(root, encoded.frames(plan), timeout, stall_s)
+                    reply = self._stream(root, encoded.frames(plan), deadline - time.monotonic(), stall_s)
                     known.update({o.address: o for o in reply.relayed})
                 except grpc.RpcError as exc:
                     known[root] = weights_pb2.RelayOutcome(address=root, error=rpc_error_text(exc))
-                break
+                remaining = self._stranded(encoded.key, plan, known, min(stall_s, STRANDED_GRACE_S))
+                if remaining:
+                    log.warning(
+                        "version %d: %d rollout server(s) never got the relayed stream (%s); sending it again",
+                        encoded.version,
+                        len(remaining),
+                        ", ".join(remaining),
+                    )
             with self._lock:
                 reports = self._reports[encoded.key]
                 while True:
@@ -424,6 +452,28 @@ class WeightPublisher:
             ]
         finally:
             self._unpin(encoded)
+
+    def _stranded(
+        self,
+        key: VersionKey,
+        plan: weights_pb2.RelayPlan,
+        known: dict[str, weights_pb2.RelayOutcome],
+        grace_s: float,
+    ) -> list[str]:
+        """The servers of `plan` whose stream has ended that have no outcome, did not resume from here
+        and are not behind a relay that did, after waiting up to `grace_s` for them to do either."""
+        subtrees = relay.subtrees(plan)
+        deadline = time.monotonic() + grace_s
+        with self._lock:
+            while True:
+                covered = set(known) | set(self._reports[key])
+                for resumer in self._resumers[key]:
+                    covered.update(subtrees.get(resumer, [resumer]))
+                missing = [a for a in relay.subtree(plan) if a not in covered]
+                left = deadline - time.monotonic()
+                if not missing or left <= 0:
+                    return missing
+                self._lock.wait(min(left, 0.5))
 
     def _stream(
         self, address: str, frames: Iterator[bytes], timeout: float, stall_s: float

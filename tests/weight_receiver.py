@@ -3,7 +3,7 @@
 and in place of the engine a stand-in whose "apply" records the verified version.
 
     python -m tests.weight_receiver --port P --specs SPECS.json --weights-address HOST:PORT
-        [--staging-root DIR] [--record-dir DIR] [--release-staging]
+        [--staging-root DIR] [--record-dir DIR] [--release-staging] [--pace-s S] [--die-after N]
 
 SPECS.json maps each tensor name to [dtype, shape]. With --record-dir, every applied version is written
 there as applied-<port>.json (version, run id, and the CRC-32 of each tensor read back from the staged
@@ -75,10 +75,12 @@ class StagingOnlyEngine:
             callback()
 
 
-def _paced_servicer(base: type, pace_s: float, progress_path: Path) -> type:
+def _paced_servicer(base: type, pace_s: float, progress_path: Path, die_after: int = 0) -> type:
     """The servicer, taking the incoming update messages at most one per `pace_s` (0: as they come) and
-    writing how many it took to `progress_path`: a test can kill this server in the middle of a relay."""
-    if not pace_s:
+    writing how many it took to `progress_path`: a test can kill this server in the middle of a relay.
+    With `die_after`, the process SIGKILLs itself once it has taken that many messages (1: the manifest,
+    before it relays anything)."""
+    if not pace_s and not die_after:
         return base
 
     class Paced(base):  # type: ignore[misc, valid-type]
@@ -86,9 +88,12 @@ def _paced_servicer(base: type, pace_s: float, progress_path: Path) -> type:
             async def paced():
                 count = 0
                 async for item in request_iterator:
-                    await asyncio.sleep(pace_s)
+                    if pace_s:
+                        await asyncio.sleep(pace_s)
                     count += 1
                     progress_path.write_text(str(count))
+                    if count == die_after:
+                        os.kill(os.getpid(), signal.SIGKILL)
                     yield item
 
             return await super().UpdateWeights(paced(), context)
@@ -111,7 +116,7 @@ async def serve(args: argparse.Namespace) -> None:
     if args.release_staging:
         engine.on_applied.append(updater.staging.close)  # reopened by the next update
     servicer_class = _paced_servicer(
-        RolloutServicer, args.pace_s, Path(args.record_dir or ".") / f"progress-{args.port}"
+        RolloutServicer, args.pace_s, Path(args.record_dir or ".") / f"progress-{args.port}", args.die_after
     )
     servicer = servicer_class(engine, updater, RolloutMetrics(), health_aio.HealthServicer())  # type: ignore[arg-type]
     follower = None
@@ -267,6 +272,7 @@ def main() -> None:
         "--poll-s", type=float, default=0.0, help="follow the publisher every this many s (0: off)"
     )
     p.add_argument("--pace-s", type=float, default=0.0, help="take one update message per this many s")
+    p.add_argument("--die-after", type=int, default=0, help="SIGKILL itself after taking this many messages")
     asyncio.run(serve(p.parse_args()))
 
 

@@ -10,8 +10,9 @@ run fails, must fail with the reason. Skipped (with the reason) where Slurm cann
 
 The learning margin: from the shipped warm start (59% on the held-out problems) the README run gained
 +15 to +27 points by step 10 (bench/RESULTS.md, "End to end"); the one-node job here went from 56.2% to
-75.0% in 4 steps on 64 problems, and in this test's jobs gained +16 to +20 points in 4 steps on 128.
-MIN_GAIN is 5 points over NUM_STEPS (3) steps on NUM_VAL problems.
+75.0% in 4 steps on 64 problems, and in this test's jobs gained +16 to +20 points in 4 steps on 128, but
+once only +4.7 in 3 (the early steps vary with the samples drawn). MIN_GAIN is 5 points over NUM_STEPS (8)
+steps on NUM_VAL problems: a step costs about 3 s here, a flaky margin costs a CI run.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy/slurm/dapo.sub"
 CONFIG = "examples/configs/tiny_cpu.yaml"
-NUM_STEPS = 3
+NUM_STEPS = 8
 NUM_VAL = 128
 MIN_GAIN = 0.05
 JOB_TIMEOUT_S = 660

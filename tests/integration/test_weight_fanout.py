@@ -131,6 +131,39 @@ def test_a_relay_killed_mid_stream_strands_nobody(publisher: WeightPublisher, tm
         assert publisher.egress_bytes < encoded.num_bytes * (1 + (129 - resumed_at) / 129) + (1 << 20)
 
 
+@pytest.mark.parametrize("victim", [0, 1])
+def test_a_relay_that_dies_before_relaying_anything_strands_nobody(
+    publisher: WeightPublisher, tmp_path: Path, victim: int
+) -> None:
+    """The chain publisher -> 0 -> 1 -> 2 -> 3; the victim dies on the manifest, before it opens its own
+    downstream: nobody behind it hears of the version from the relay, so the publisher must send it again."""
+    with Receivers(
+        4,
+        SPECS,
+        tmp_path,
+        publisher.address,
+        staging_root=tmp_path,
+        extra_args={victim: ["--die-after", "1"]},
+    ) as receivers:
+        receivers.wait_ready()
+        tensors = version_tensors(4)
+        encoded = publisher.publish(4, tensors, run_id="run-a")
+        started = time.monotonic()
+        outcomes = publisher.fan_out(encoded, receivers.addresses, timeout=120, stall_s=5)
+        elapsed = time.monotonic() - started
+        assert receivers.processes[victim].wait(10) == -signal.SIGKILL
+        by_address = {o.address: o for o in outcomes}
+        addresses = receivers.addresses
+        assert not by_address[addresses[victim]].is_served, by_address[addresses[victim]]
+        alive = [a for i, a in enumerate(addresses) if i != victim]
+        assert all(by_address[a].is_served for a in alive), outcomes
+        applied = receivers.applied()
+        assert sorted(applied) == sorted(alive)
+        assert all(r["version"] == 4 and r["crc32"] == crcs(tensors) for r in applied.values())
+        assert elapsed < 60, f"the fan-out took {elapsed:.0f} s: it waited for its timeout"  # not 120 s
+        assert publisher.num_encodes == 1
+
+
 def test_a_server_that_starts_late_fetches_the_newest_version(
     publisher: WeightPublisher, tmp_path: Path
 ) -> None:

@@ -97,7 +97,12 @@ class Downstream:
             return
         try:
             await asyncio.wait_for(child.call.write(frame), self.stall_s)
-        except (grpc.aio.AioRpcError, asyncio.TimeoutError, grpc.aio.UsageError) as exc:
+        except (
+            grpc.aio.AioRpcError,
+            asyncio.TimeoutError,
+            grpc.aio.UsageError,
+            asyncio.InvalidStateError,  # the child's call ended already (the child died)
+        ) as exc:
             child.error = f"relay to {child.plan.address} failed: {error_text(exc)}"
             log.warning("%s", child.error)
             child.call.cancel()
