@@ -459,6 +459,13 @@ class ServicesConfig(Section):
     for this long (a stuck step or collective) fails the run."""
     redis_timeout_s: float = Field(60.0, gt=0)
     """Every service retries an unreachable Redis, with back-off, for this long before giving up."""
+    weights_relay_fanout: int = Field(1, ge=1)
+    """Rollout servers each server relays a new weight version to: 1 makes a chain (the version's time
+    to the last server is its time to one plus a chunk's hop per server), more a tree (fewer hops, but each
+    relay sends the version that many times)."""
+    weights_relay_stall_s: float = Field(30.0, gt=0)
+    """A weight stream that takes no message for this long counts as stalled: a relay drops that child
+    (the servers behind it resume from the trainer) and a server whose upstream stalls resumes by itself."""
     rollout_server_ttl_s: float = Field(60.0, gt=0)
     """A rollout server that has not answered the controller's probes for this long leaves the set the
     trainer pushes weights to; it rejoins when it answers again (it fetches missed versions itself)."""

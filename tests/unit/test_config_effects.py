@@ -243,11 +243,20 @@ def test_rpc_timeout_s_is_the_deadline_of_the_trainers_weight_pushes(redis_serve
         heartbeat_ttl_s=5.0,
         redis_retry_s=5.0,
     )
-    config = load_config(None, ["services.rpc_timeout_s=7.5", "services.rollout_addresses=['127.0.0.1:1']"])
+    config = load_config(
+        None,
+        [
+            "services.rpc_timeout_s=7.5",
+            "services.rollout_addresses=['127.0.0.1:1']",
+            "services.weights_relay_fanout=3",
+            "services.weights_relay_stall_s=4.5",
+        ],
+    )
     outlet = _open_outlet(options, RetryingRedis(redis_server.url, retry_s=5), "r", config)
     try:
         assert outlet.push_timeout_s == 7.5
         assert outlet.static_addresses == ["127.0.0.1:1"]  # services.rollout_addresses: pushed to as well
+        assert (outlet.relay_fanout, outlet.stall_s) == (3, 4.5)  # the relay plan's width and stall limit
     finally:
         outlet.stop()
 

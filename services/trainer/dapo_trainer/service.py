@@ -210,6 +210,8 @@ def _open_outlet(
         config.services.rollout_addresses,
         push_timeout_s=config.services.rpc_timeout_s,
         on_push_failure=on_push_failure,
+        relay_fanout=config.services.weights_relay_fanout,
+        stall_s=config.services.weights_relay_stall_s,
     )
 
 
