@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dapo import relay, rpc
 from dapo.v1 import weights_pb2
@@ -37,15 +37,10 @@ from dapo.weights import DEFAULT_CHUNK_BYTES, TensorBytes, build_manifest, num_c
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 256 << 20
 # 1 MiB messages moved 0.5 GB over loopback about twice as fast as 4 MiB ones here (bench/RESULTS.md).
 CHUNK_BYTES = 1 << 20
 SERVICE_NAME = "dapo.v1.WeightPublisher"
 UPDATE_METHOD = "/dapo.v1.Rollout/UpdateWeights"
-_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
 VersionKey = tuple[str, int]  # (run_id, version)
 # How long a fan-out waits, after a plan's stream ended, for its servers without an outcome to resume from
 # here (a relay's upstream failing resets its connection at once; a stalled one shows after stall_s)
@@ -222,8 +217,7 @@ class WeightPublisher:
         self._resumers: dict[VersionKey, set[str]] = {}
         self._egress_bytes = 0
         self._num_encodes = 0
-        self._server: grpc.Server | None = None
-        self._health = health.HealthServicer()
+        self._server: rpc.SyncServer | None = None
 
     @property
     def address(self) -> str:
@@ -287,11 +281,11 @@ class WeightPublisher:
     def start(self) -> WeightPublisher:
         if self._server is not None:
             return self
-        server = rpc.sync_server(self.max_workers, options=_CHANNEL_OPTIONS)
+        server = rpc.sync_server([SERVICE_NAME], max_workers=self.max_workers)
         servicer = _Servicer(self)
         # Registered by hand rather than with the generated helper so FetchWeights can yield messages
         # that are serialized already (see `EncodedVersion`).
-        server.add_generic_rpc_handlers(
+        server.server.add_generic_rpc_handlers(
             (
                 grpc.method_handlers_generic_handler(
                     SERVICE_NAME,
@@ -315,11 +309,9 @@ class WeightPublisher:
                 ),
             )
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        port = rpc.listen(server, f"{self.host}:{self.requested_port}")
+        port = server.listen(f"{self.host}:{self.requested_port}")
         server.start()
-        for service in ("", SERVICE_NAME):
-            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        server.set_serving(True)
         self._server, self.port = server, port
         log.info("weight publisher on %s:%d", self.host, port)
         return self
@@ -482,8 +474,7 @@ class WeightPublisher:
 
     def stop(self, grace: float | None = 5.0) -> None:
         if self._server is not None:
-            self._health.enter_graceful_shutdown()
-            self._server.stop(grace).wait()
+            self._server.stop(grace)
             self._server = None
 
     def __enter__(self) -> WeightPublisher:
@@ -528,7 +519,7 @@ def stream_update(
             yield frame
         progress[1] = True
 
-    with rpc.sync_channel(address, options=_CHANNEL_OPTIONS) as channel:
+    with rpc.sync_channel(address) as channel:
         update = channel.stream_unary(
             UPDATE_METHOD,
             request_serializer=None,  # the messages are serialized already

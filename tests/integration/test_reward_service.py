@@ -20,6 +20,7 @@ from dapo_reward.service import RewardOptions, RewardService
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from dapo import rpc
 from dapo.config.schema import MathVerifyConfig
 from dapo.v1 import reward_pb2, reward_pb2_grpc
 
@@ -68,7 +69,7 @@ def score_grpc(
     binary: bool = False,
     math_verify: dict[str, Any] | None = None,
 ) -> list[Any]:
-    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 512 << 20)]) as channel:
+    with grpc.insecure_channel(address, options=rpc.message_limits()) as channel:
         stub = reward_pb2_grpc.RewardStub(channel)
         request = reward_pb2.ScoreRequest(
             verifier=verifier,

@@ -75,9 +75,9 @@ def test_binding_beyond_loopback_without_a_token_warns(
         if token:
             monkeypatch.setenv(auth.SERVICE_TOKEN, token)
         caplog.clear()
-        server = rpc.sync_server(1)
+        server = rpc.sync_server([], max_workers=1)
         with caplog.at_level(logging.WARNING, logger="dapo"):
-            rpc.listen(server, f"{host}:0")
+            server.listen(f"{host}:0")
         server.stop(None)
         warned = [r.getMessage() for r in caplog.records if auth.SERVICE_TOKEN in r.getMessage()]
         assert bool(warned) == warns, (host, token, warned)

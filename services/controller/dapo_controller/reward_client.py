@@ -17,16 +17,8 @@ import grpc
 
 from dapo import rpc
 
-MAX_MESSAGE_BYTES = 256 << 20
 ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
 def reward_channel(address: str) -> grpc.aio.Channel:
-    return rpc.aio_channel(
-        address,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.service_config", ROUND_ROBIN),
-        ],
-    )
+    return rpc.aio_channel(address, options=[("grpc.service_config", ROUND_ROBIN)])

@@ -26,7 +26,6 @@ from dapo import rpc
 from dapo.v1 import rollout_pb2, rollout_pb2_grpc
 
 log = logging.getLogger(__name__)
-MAX_MESSAGE_BYTES = 256 << 20
 DNS_PREFIX = "dns:///"
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -93,14 +92,10 @@ class RolloutPool:
 
     def _sync_servers(self, addresses: list[str]) -> None:
         """Add servers for new addresses and drop those no longer listed."""
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
         known = {s.address for s in self.servers}
         for address in addresses:
             if address not in known:
-                channel = rpc.aio_channel(address, options=options)
+                channel = rpc.aio_channel(address)
                 self.servers.append(_Server(address, rollout_pb2_grpc.RolloutStub(channel), channel))
         gone = [s for s in self.servers if s.address not in addresses]
         for server in gone:

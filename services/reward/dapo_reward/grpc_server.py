@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from dapo import rpc
-from dapo.grpc_errors import ErrorInterceptor
 from dapo.v1 import reward_pb2, reward_pb2_grpc
 from dapo_reward.scoring import Item, Scorer
 
 GRADING_FIELDS = [f.name for f in reward_pb2.MathVerifyOptions.DESCRIPTOR.fields]
 
-MAX_MESSAGE_BYTES = 512 << 20  # a 10,000-item batch of long answers
 # Each client connection is closed after this long (once its calls finish, within the grace), so that
 # clients balancing over a headless Service resolve it again and find pods added since.
 MAX_CONNECTION_AGE_S = 120
 MAX_CONNECTION_AGE_GRACE_S = 3600
-SERVICE_NAME = "dapo.v1.Reward"
+SERVICE_NAME = reward_pb2.DESCRIPTOR.services_by_name["Reward"].full_name
 
 
 class RewardServicer(reward_pb2_grpc.RewardServicer):
@@ -43,22 +38,15 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         )
 
 
-async def build_grpc_server(scorer: Scorer, address: str) -> tuple[grpc.aio.Server, int]:
+async def build_grpc_server(scorer: Scorer, address: str) -> tuple[rpc.AioServer, int]:
+    """The Reward service on a server of `dapo.rpc` bound to `address`, SERVING; returns (server, port)."""
     server = rpc.aio_server(
-        interceptors=[ErrorInterceptor()],
+        [SERVICE_NAME],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_S * 1000),
             ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_S * 1000),
         ],
     )
-    reward_pb2_grpc.add_RewardServicer_to_server(RewardServicer(scorer), server)
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    for name in ("", SERVICE_NAME):
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (reward_pb2.DESCRIPTOR.services_by_name["Reward"].full_name, reflection.SERVICE_NAME), server
-    )
-    return server, rpc.listen(server, address)
+    reward_pb2_grpc.add_RewardServicer_to_server(RewardServicer(scorer), server.server)
+    await server.set_serving(True)
+    return server, server.listen(address)

@@ -19,8 +19,6 @@ from dapo.v1 import rollout_pb2, rollout_pb2_grpc, weights_pb2
 from dapo.weight_publisher import CHUNK_BYTES, encode_update_serialized
 from dapo.weights import TensorBytes
 
-MAX_MESSAGE_BYTES = 256 << 20
-
 PromptLike = Sequence[int] | Sequence[Mapping[str, str]] | rollout_pb2.Prompt
 
 
@@ -55,13 +53,7 @@ def sampling_params(
 class RolloutClient:
     def __init__(self, address: str) -> None:
         self.address = address
-        self.channel = rpc.aio_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self.channel = rpc.aio_channel(address)
         self.stub = rollout_pb2_grpc.RolloutStub(self.channel)
 
     async def __aenter__(self) -> RolloutClient:

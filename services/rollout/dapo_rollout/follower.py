@@ -24,8 +24,6 @@ from dapo_rollout.weight_update import StaleVersionError, WeightUpdater
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 256 << 20
-
 
 class PublisherFollower:
     def __init__(
@@ -43,13 +41,7 @@ class PublisherFollower:
         self.poll_s = poll_s
         self.rpc_timeout_s = rpc_timeout_s
         self.fetch_timeout_s = fetch_timeout_s
-        self._channel = rpc.aio_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self._channel = rpc.aio_channel(address)
         self._stub = weights_pb2_grpc.WeightPublisherStub(self._channel)
         self._last_error = ""
 

@@ -1,6 +1,7 @@
 """The rollout gRPC server (grpc.aio): Generate, UpdateWeights, Status, and the standard health service.
 
-One interceptor maps exceptions to status codes: bad input (`ValueError`, `WeightUpdateError`, vLLM's
+The server is built by `dapo.rpc` (message limits, token check, health, reflection); its error
+interceptor maps exceptions to status codes: bad input (`ValueError`, `WeightUpdateError`, vLLM's
 client errors) is INVALID_ARGUMENT, an update older than the served version of the same run
 FAILED_PRECONDITION, a server without weights (or with a failed engine) UNAVAILABLE, anything else
 INTERNAL. Health reports SERVING only while a weights version is loaded and the engine is alive.
@@ -15,11 +16,10 @@ import time
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
 from dapo import rpc
-from dapo.grpc_errors import ErrorInterceptor
 from dapo.v1 import rollout_pb2, rollout_pb2_grpc
 from dapo.weights import WeightUpdateError
 from dapo_rollout.engine import NotReadyError, RolloutEngine, SamplingSpec
@@ -28,7 +28,6 @@ from dapo_rollout.weight_update import StaleVersionError, UpdateResult, WeightUp
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 256 << 20  # weight chunks are a few MiB; replies of many long samples can be large
 SERVICE_NAME = "dapo.v1.Rollout"
 
 
@@ -238,15 +237,9 @@ def add_rollout_service(servicer: RolloutServicer, server: grpc.aio.Server) -> N
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
-def build_server(servicer: RolloutServicer, address: str) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server with the Rollout and health services bound to `address`; returns (server, port)."""
-    server = rpc.aio_server(
-        interceptors=[ErrorInterceptor(status_code_for)],
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
-    )
-    add_rollout_service(servicer, server)
-    health_pb2_grpc.add_HealthServicer_to_server(servicer.health, server)
-    return server, rpc.listen(server, address)
+def build_server(servicer: RolloutServicer, address: str) -> tuple[rpc.AioServer, int]:
+    """The Rollout service on a server of `dapo.rpc` bound to `address`, its health answered by
+    `servicer.health`; returns (server, port)."""
+    server = rpc.aio_server([SERVICE_NAME], error_codes=status_code_for, health=servicer.health)
+    add_rollout_service(servicer, server.server)
+    return server, server.listen(address)

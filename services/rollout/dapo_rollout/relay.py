@@ -22,11 +22,6 @@ from dapo.v1 import weights_pb2
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 256 << 20
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
 UPDATE_METHOD = "/dapo.v1.Rollout/UpdateWeights"
 FETCH_METHOD = "/dapo.v1.WeightPublisher/FetchWeights"
 
@@ -42,7 +37,7 @@ def error_text(exc: BaseException) -> str:
 class _Child:
     def __init__(self, plan: weights_pb2.RelayPlan, timeout_s: float) -> None:
         self.plan = plan
-        self.channel = rpc.aio_channel(plan.address, options=CHANNEL_OPTIONS)
+        self.channel = rpc.aio_channel(plan.address)
         update = self.channel.stream_unary(
             UPDATE_METHOD,
             request_serializer=None,  # frames are forwarded as they arrived
@@ -136,7 +131,7 @@ async def resume_frames(
 ) -> AsyncIterator[bytes]:
     """The chunks of `manifest`'s version from index `from_chunk` on, from the publisher (raises
     ValueError if the publisher now describes different bytes under that version)."""
-    async with rpc.aio_channel(publisher, options=CHANNEL_OPTIONS) as channel:
+    async with rpc.aio_channel(publisher) as channel:
         fetch = channel.unary_stream(
             FETCH_METHOD,
             request_serializer=weights_pb2.FetchWeightsRequest.SerializeToString,
@@ -170,7 +165,7 @@ async def report_to_publisher(
 ) -> None:
     """Tell the publisher the outcomes its fan-out would otherwise not learn (best effort)."""
     try:
-        async with rpc.aio_channel(publisher, options=CHANNEL_OPTIONS) as channel:
+        async with rpc.aio_channel(publisher) as channel:
             report = channel.unary_unary(
                 "/dapo.v1.WeightPublisher/ReportRelay",
                 request_serializer=weights_pb2.RelayReport.SerializeToString,

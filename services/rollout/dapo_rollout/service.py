@@ -85,7 +85,6 @@ async def serve(options: ServerOptions) -> int:
         if follower_task is not None:
             follower_task.cancel()
             await asyncio.gather(follower_task, return_exceptions=True)
-        await health.enter_graceful_shutdown()
         await server.stop(options.grace_s)
         await updater.close()
         engine.shutdown()
