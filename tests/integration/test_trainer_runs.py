@@ -200,8 +200,7 @@ def test_two_ranks_end_with_the_parameters_of_one_rank(
 
 
 def test_sigkill_and_restart_resume_exactly(tmp_path, redis_server, redis_client, tiny_model_dir) -> None:
-    import grpc
-
+    from dapo import rpc
     from dapo.v1 import weights_pb2, weights_pb2_grpc
     from dapo.weights import WeightAssembler, state_dict_from_tensors
 
@@ -233,9 +232,7 @@ def test_sigkill_and_restart_resume_exactly(tmp_path, redis_server, redis_client
     try:
         _wait_for_version(redis_client, run_id, num_steps, second, second_log)
         # The weights served to late joiners are exactly the checkpointed (exported) parameters.
-        with grpc.insecure_channel(
-            f"127.0.0.1:{publisher_port}", options=[("grpc.max_receive_message_length", 256 << 20)]
-        ) as channel:
+        with rpc.sync_channel(f"127.0.0.1:{publisher_port}") as channel:
             stub = weights_pb2_grpc.WeightPublisherStub(channel)
             assembler = WeightAssembler()
             for message in stub.FetchWeights(
