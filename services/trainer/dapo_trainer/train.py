@@ -43,7 +43,7 @@ from dapo_trainer.model import LogprobModel, ModelInfo, load_model, read_model_i
 from dapo_trainer.optim import build_optimizer
 from dapo_trainer.publish import WeightOutlet, gather_full_state_dict
 from dapo_trainer.redis_io import RetryingRedis
-from dapo_trainer.step import train_on_batch
+from dapo_trainer.step import BatchResult, train_on_batch
 
 log = logging.getLogger(__name__)
 
@@ -293,14 +293,7 @@ def apply_batch(run: Run, command: Apply) -> None:
     time_checkpoint = time.perf_counter() - t0
     if run.io is None:
         return
-    t0 = time.perf_counter()
-    io, background = run.io, run.io.background
-    if background is not None:
-        # Asynchronous run: the push goes on while the next batch trains (time/publish: the hand-off).
-        background.submit(lambda v, f: _publish(run.services, io, v, f), state.version, full)
-    else:
-        _publish(run.services, io, state.version, full)
-    time_publish = time.perf_counter() - t0
+    time_publish = _hand_off(run, run.io, full)
     del full
     if is_due or not config.checkpointing.enabled:
         _acknowledge(run.io)
@@ -314,6 +307,35 @@ def apply_batch(run: Run, command: Apply) -> None:
         "time/publish": time_publish,
         "time/checkpoint": time_checkpoint,
     }
+    _report_step(run, run.io, batch, result, times, stepped=stepped, started_at=started_at)
+
+
+def _hand_off(run: Run, io: RunIO, full: dict[str, torch.Tensor]) -> float:
+    """Publish the new version (or, in an asynchronous run, hand it to the background publisher);
+    returns the seconds this took here."""
+    t0 = time.perf_counter()
+    background = io.background
+    if background is not None:
+        # Asynchronous run: the push goes on while the next batch trains (time/publish: the hand-off).
+        background.submit(lambda v, f: _publish(run.services, io, v, f), run.state.version, full)
+    else:
+        _publish(run.services, io, run.state.version, full)
+    return time.perf_counter() - t0
+
+
+def _report_step(
+    run: Run,
+    io: RunIO,
+    batch: TrainBatch,
+    result: BatchResult,
+    times: dict[str, float],
+    *,
+    stepped: float,
+    started_at: float,
+) -> None:
+    """Report the batch's metrics and timings (`stepped`: its last optimizer step, perf_counter;
+    `started_at`: its start, Unix s) for the new version."""
+    state, background = run.state, io.background
     record = {
         **result.metrics,
         **times,
@@ -328,7 +350,7 @@ def apply_batch(run: Run, command: Apply) -> None:
     }
     if background is not None and background.last_duration_s is not None:
         record["trainer/background_publish_s"] = background.last_duration_s  # the version before
-    run.io.reporter.step(batch.step, state.version, record)
+    io.reporter.step(batch.step, state.version, record)
     log.info(
         "batch %s (step %d) -> version %d: loss %.4g, %.2f s",
         batch.batch_id,
