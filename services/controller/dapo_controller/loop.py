@@ -410,7 +410,7 @@ class RunLoop:
         groups = []
         for row, result in zip(rows, results, strict=True):
             group = Group(
-                prompt_id=row.id, prompt_ids=list(result.prompt_token_ids), ground_truth=row.ground_truth
+                row_id=row.id, prompt_ids=list(result.prompt_token_ids), ground_truth=row.ground_truth
             )
             for sample in result.samples:
                 group.samples.append(
