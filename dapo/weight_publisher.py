@@ -426,24 +426,36 @@ class WeightPublisher:
                         len(remaining),
                         ", ".join(remaining),
                     )
-            with self._lock:
-                reports = self._reports[encoded.key]
-                while True:
-                    merged = {**reports, **known}
-                    missing = [a for a in servers if a not in merged]
-                    left = deadline - time.monotonic()
-                    if not missing or left <= 0:
-                        break
-                    self._lock.wait(min(left, 1.0))
-            return [
-                merged.get(a)
-                or weights_pb2.RelayOutcome(
-                    address=a, error=f"no outcome within {timeout:.0f} s (a relay before it failed)"
-                )
-                for a in servers
-            ]
+            return self._outcomes(encoded.key, servers, known, deadline, timeout)
         finally:
             self._unpin(encoded)
+
+    def _outcomes(
+        self,
+        key: VersionKey,
+        servers: list[str],
+        known: dict[str, weights_pb2.RelayOutcome],
+        deadline: float,
+        timeout: float,
+    ) -> list[weights_pb2.RelayOutcome]:
+        """One outcome per server, in their order: from `known` or the relays' reports, waited for
+        until `deadline`; a server with neither by then gets a timeout outcome."""
+        with self._lock:
+            reports = self._reports[key]
+            while True:
+                merged = {**reports, **known}
+                missing = [a for a in servers if a not in merged]
+                left = deadline - time.monotonic()
+                if not missing or left <= 0:
+                    break
+                self._lock.wait(min(left, 1.0))
+        return [
+            merged.get(a)
+            or weights_pb2.RelayOutcome(
+                address=a, error=f"no outcome within {timeout:.0f} s (a relay before it failed)"
+            )
+            for a in servers
+        ]
 
     def _stranded(
         self,

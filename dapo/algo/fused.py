@@ -333,6 +333,24 @@ def _chunk_step(
     acc.loss += loss_c.detach().to(torch.float64)
 
 
+def _span(rows: slice, columns: slice, length: int) -> tuple[int, int, tuple[int, int]]:
+    """A chunk's first and last flat token index (rows of `length` tokens) and its (rows, columns) shape."""
+    return (
+        rows.start * length + columns.start,
+        (rows.stop - 1) * length + columns.stop,
+        (rows.stop - rows.start, columns.stop - columns.start),
+    )
+
+
+def _with_gradients(
+    loss: torch.Tensor, acc: _Accumulator, hidden_BRH: torch.Tensor, lm_head_weight_VH: torch.Tensor
+) -> torch.Tensor:
+    """`loss` whose backward hands hidden_BRH and lm_head_weight_VH the gradients the chunks formed."""
+    grad_weight_VH = None if acc.grad_weight_VH is None else acc.grad_weight_VH.to(lm_head_weight_VH.dtype)
+    grad_hidden_BRH = None if acc.grad_hidden_TH is None else acc.grad_hidden_TH.view(hidden_BRH.shape)
+    return _GradientFromForward.apply(loss, hidden_BRH, lm_head_weight_VH, grad_hidden_BRH, grad_weight_VH)
+
+
 def fused_policy_loss(
     hidden_BRH: torch.Tensor,
     lm_head_weight_VH: torch.Tensor,
@@ -362,6 +380,7 @@ def fused_policy_loss(
     Returns (loss, metrics, logp_BR, entropy_BR): the loss (a scalar whose backward gives hidden_BRH and
     lm_head_weight_VH their gradients), `policy_loss`'s raw metrics for the whole batch, and the
     detached float32 (float64 for float64 inputs) log-probs and entropies (None unless with_entropy).
+    Over 60 lines only for this signature and its documentation; the work per chunk is `_chunk_step`.
     """
     row_tensors = {
         "old_logp_BR": old_logp_BR,
@@ -385,11 +404,7 @@ def fused_policy_loss(
     acc = _Accumulator.empty(hidden_TH, weight_VH, with_entropy, needs_hidden, needs_weight)
     targets_T = targets_BR.reshape(-1).to(torch.int64)
     for rows, columns in _chunks(batch, length, chunk_size):
-        span = (
-            rows.start * length + columns.start,
-            (rows.stop - 1) * length + columns.stop,
-            (rows.stop - rows.start, columns.stop - columns.start),
-        )
+        span = _span(rows, columns, length)
         pieces = per_row.piece(rows, columns)
         row_tokens = row_counts[rows.start] if row_counts else None
         _chunk_step(
@@ -401,13 +416,7 @@ def fused_policy_loss(
         metrics["num_sequences"] = float(loss_denominator(mask_BR, "seq-mean-token-mean"))
     loss = acc.loss.to(acc.logp_T.dtype)
     if needs_hidden or needs_weight:
-        grad_weight_VH = None if acc.grad_weight_VH is None else acc.grad_weight_VH.to(weight_VH.dtype)
-        grad_hidden_BRH = (
-            None if acc.grad_hidden_TH is None else acc.grad_hidden_TH.view(batch, length, width)
-        )
-        loss = _GradientFromForward.apply(
-            loss, hidden_BRH, lm_head_weight_VH, grad_hidden_BRH, grad_weight_VH
-        )
+        loss = _with_gradients(loss, acc, hidden_BRH, lm_head_weight_VH)
     logp_BR = acc.logp_T.view(batch, length)
     entropy_BR = None if acc.entropy_T is None else acc.entropy_T.view(batch, length)
     return loss, metrics, logp_BR, entropy_BR

@@ -256,6 +256,20 @@ def _put(out: dict[str, Any], path: str, value: Any, source: str) -> None:
 
 def _pop_mapped(flat: dict[str, Any], out: dict[str, Any], ignored: list[str]) -> None:
     """The keys whose mapping needs more than a rename."""
+    _map_optimizer(flat, out, ignored)
+    _drop_null_defaults(flat)
+    _map_verifier(flat, out)
+    _map_adv_estimator(flat)
+    _map_reward_scaling(flat, out)
+    _map_colocated(flat, out)
+    _map_async(flat, out)
+    _map_loss(flat, out)
+    _map_batching(flat, out)
+    _map_data(flat, out)
+
+
+def _map_optimizer(flat: dict[str, Any], out: dict[str, Any], ignored: list[str]) -> None:
+    """policy.optimizer: only torch.optim.AdamW; its speed-only kwargs are ignored, others refused."""
     name = flat.pop("policy.optimizer.name", None)
     if name is not None:
         if name not in _OPTIMIZER_NAMES:
@@ -274,6 +288,9 @@ def _pop_mapped(flat: dict[str, Any], out: dict[str, Any], ignored: list[str]) -
                 "betas and eps"
             )
 
+
+def _drop_null_defaults(flat: dict[str, Any]) -> None:
+    """NeMo's nulls that mean "the default" (or "off"), spelled as our schema wants them."""
     if flat.get("policy.generation.top_k", 0) is None:
         flat["policy.generation.top_k"] = -1  # NeMo's null is "off"
     if "policy.logprob_chunk_size" in flat and flat["policy.logprob_chunk_size"] is None:
@@ -286,6 +303,8 @@ def _pop_mapped(flat: dict[str, Any], out: dict[str, Any], ignored: list[str]) -
         if key in flat and flat[key] is None:
             del flat[key]
 
+
+def _map_verifier(flat: dict[str, Any], out: dict[str, Any]) -> None:
     impl = flat.pop("env.math.math_verify_impl", None)
     if impl is not None:
         if impl not in _VERIFIERS:
@@ -294,7 +313,9 @@ def _pop_mapped(flat: dict[str, Any], out: dict[str, Any], ignored: list[str]) -
             )
         _put(out, "env.math.verifier", _VERIFIERS[impl], "env.math.math_verify_impl")
 
-    # Advantage estimator: only GRPO's, with the same switches as grpo.* (NeMo interpolates them).
+
+def _map_adv_estimator(flat: dict[str, Any]) -> None:
+    """Advantage estimator: only GRPO's, with the same switches as grpo.* (NeMo interpolates them)."""
     for key in ("normalize_rewards", "use_leave_one_out_baseline"):
         nested = flat.pop(f"grpo.adv_estimator.{key}", None)
         if nested is not None and nested != flat.get(f"grpo.{key}", nested):
@@ -305,12 +326,9 @@ def _pop_mapped(flat: dict[str, Any], out: dict[str, Any], ignored: list[str]) -
         if nested is not None:
             flat.setdefault(f"grpo.{key}", nested)
 
-    _map_reward_scaling(flat, out)
-    _map_colocated(flat, out)
-    _map_async(flat, out)
-    _map_loss(flat, out)
-    _map_batching(flat, out)
 
+def _map_data(flat: dict[str, Any], out: dict[str, Any]) -> None:
+    """data.*: prompt files, the validation set's own prompting, and the split's seed."""
     for key in ("data.default.prompt_file", "data.train.prompt_file"):
         if key in flat:
             prompt_file = flat.pop(key)

@@ -9,7 +9,8 @@ top_k=50 would renormalise it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,33 @@ def evaluate_model(
     `final_answer` picks the answer out of a decoded response (e.g. the `Answer:` line of a worked
     solution); without it the whole stripped response is the answer.
     """
-    import torch
+    _check_eval_args(rows, greedy=greedy, num_samples=num_samples, temperature=temperature)
+    prompts, truths = [], []
+    for i, row in enumerate(rows):
+        messages, truth = _messages_and_truth(row, i)
+        prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        truths.append(truth.strip())
+    sampling: dict[str, Any] = (
+        {"do_sample": False}
+        if greedy
+        else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    )
+    num_correct: list[int] = []
+    lengths: list[int] = []
+    answer_of = final_answer or (lambda text: text)
+    with _generating(model, tokenizer, seed):
+        for start in range(0, len(prompts), batch_size):
+            texts, batch_lengths = _generate_batch(
+                model, tokenizer, prompts[start : start + batch_size], num_samples, max_new_tokens, sampling
+            )
+            lengths += batch_lengths
+            for j, truth in enumerate(truths[start : start + batch_size]):
+                answers = texts[j * num_samples : (j + 1) * num_samples]
+                num_correct.append(sum(answer_of(answer).strip() == truth for answer in answers))
+    return _eval_result(num_correct, lengths, num_samples=num_samples, max_new_tokens=max_new_tokens)
 
+
+def _check_eval_args(rows: Sequence[Any], *, greedy: bool, num_samples: int, temperature: float) -> None:
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if greedy and num_samples != 1:
@@ -80,11 +106,12 @@ def evaluate_model(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if not rows:
         raise ValueError("rows is empty: nothing to evaluate")
-    prompts, truths = [], []
-    for i, row in enumerate(rows):
-        messages, truth = _messages_and_truth(row, i)
-        prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        truths.append(truth.strip())
+
+
+@contextmanager
+def _generating(model: Any, tokenizer: Any, seed: int) -> Iterator[None]:
+    """Eval mode, left padding and a seeded torch generator; all three restored afterwards."""
+    import torch
 
     was_training = model.training
     model.eval()
@@ -92,44 +119,48 @@ def evaluate_model(
     tokenizer.padding_side = "left"
     generator_state = torch.get_rng_state()
     torch.manual_seed(seed)
-    num_correct: list[int] = []
-    lengths: list[int] = []
-    answer_of = final_answer or (lambda text: text)
     try:
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(
-                prompts[start : start + batch_size],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-            )
-            sampling: dict[str, Any] = (
-                {"do_sample": False}
-                if greedy
-                else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-            )
-            with torch.no_grad():
-                out = model.generate(
-                    **batch,
-                    max_new_tokens=max_new_tokens,
-                    num_return_sequences=num_samples,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id,
-                    **sampling,
-                )
-            generated = out[:, batch["input_ids"].shape[1] :]
-            texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
-            for row in generated.tolist():
-                ended = [k for k, token in enumerate(row) if token == tokenizer.eos_token_id]
-                lengths.append(ended[0] + 1 if ended else len(row) + 1)  # len+1: no EOS within budget
-            for j, truth in enumerate(truths[start : start + batch_size]):
-                answers = texts[j * num_samples : (j + 1) * num_samples]
-                num_correct.append(sum(answer_of(answer).strip() == truth for answer in answers))
+        yield
     finally:
         tokenizer.padding_side = padding_side
         torch.set_rng_state(generator_state)
         model.train(was_training)
 
+
+def _generate_batch(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    num_samples: int,
+    max_new_tokens: int,
+    sampling: dict[str, Any],
+) -> tuple[list[str], list[int]]:
+    """`num_samples` completions per prompt (prompt-major): their decoded texts and token counts, EOS
+    included (`max_new_tokens + 1` for one that reached the budget without EOS)."""
+    import torch
+
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=num_samples,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **sampling,
+        )
+    generated = out[:, batch["input_ids"].shape[1] :]
+    texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+    lengths = []
+    for row in generated.tolist():
+        ended = [k for k, token in enumerate(row) if token == tokenizer.eos_token_id]
+        lengths.append(ended[0] + 1 if ended else len(row) + 1)  # len+1: no EOS within budget
+    return texts, lengths
+
+
+def _eval_result(
+    num_correct: list[int], lengths: list[int], *, num_samples: int, max_new_tokens: int
+) -> EvalResult:
     num_prompts = len(num_correct)
     return EvalResult(
         accuracy=sum(num_correct) / (num_prompts * num_samples),

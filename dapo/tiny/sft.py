@@ -26,13 +26,17 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dapo.tiny.task import Problem, to_row
 from dapo.tiny.tasks import TinyTask, get_task
+
+if TYPE_CHECKING:
+    from dapo.tiny.evaluate import EvalResult
 
 
 @dataclass(frozen=True)
@@ -123,32 +127,15 @@ def supervised_warm_start(
         return cache[key]
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-    def lr_factor(step: int) -> float:
-        warmup = min(1.0, (step + 1) / max(1, config.warmup_steps))
-        steps_left = config.num_steps - step
-        decay = 0.1 + 0.9 * min(1.0, steps_left / config.decay_steps) if config.decay_steps else 1.0
-        return warmup * decay
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    pad_id = tokenizer.pad_token_id
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(config, step))
     model.train()
     losses: list[float] = []
     for step in range(config.num_steps):
-        sequences, prompt_lengths = [], []
-        for problem in rng.choices(train, k=config.batch_size):
-            label = task.warm_label(problem, rng, config.no_carry_fraction)
-            ids, prompt_length = encoded(problem, label)
-            sequences.append(ids)
-            prompt_lengths.append(prompt_length)
-        length = max(len(s) for s in sequences)
-        input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)  # (B, T)
-        labels = torch.full((len(sequences), length), -100, dtype=torch.long)  # (B, T)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        for i, (ids, prompt_length) in enumerate(zip(sequences, prompt_lengths, strict=True)):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            labels[i, prompt_length : len(ids)] = torch.tensor(ids[prompt_length:])
-            attention_mask[i, : len(ids)] = 1
+        encodings = [
+            encoded(problem, task.warm_label(problem, rng, config.no_carry_fraction))
+            for problem in rng.choices(train, k=config.batch_size)
+        ]
+        input_ids, attention_mask, labels = _padded_batch(encodings, tokenizer.pad_token_id)
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -159,6 +146,30 @@ def supervised_warm_start(
             on_step(step, losses[-1])
     model.eval()
     return losses
+
+
+def _lr_factor(config: WarmStartConfig, step: int) -> float:
+    """Linear warm-up over `warmup_steps`, then linear decay to 10% over the last `decay_steps`."""
+    warmup = min(1.0, (step + 1) / max(1, config.warmup_steps))
+    steps_left = config.num_steps - step
+    decay = 0.1 + 0.9 * min(1.0, steps_left / config.decay_steps) if config.decay_steps else 1.0
+    return warmup * decay
+
+
+def _padded_batch(encodings: list[tuple[list[int], int]], pad_id: int) -> tuple[Any, Any, Any]:
+    """Right-padded input ids, attention mask and labels (-100 outside the answer and EOS), each (B, T),
+    from (token ids, prompt length) pairs."""
+    import torch
+
+    length = max(len(ids) for ids, _ in encodings)
+    input_ids = torch.full((len(encodings), length), pad_id, dtype=torch.long)  # (B, T)
+    labels = torch.full((len(encodings), length), -100, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(encodings), length), dtype=torch.long)
+    for i, (ids, prompt_length) in enumerate(encodings):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, prompt_length : len(ids)] = torch.tensor(ids[prompt_length:])
+        attention_mask[i, : len(ids)] = 1
+    return input_ids, attention_mask, labels
 
 
 def make_tiny_model(
@@ -179,12 +190,6 @@ def make_tiny_model(
     Returns (and writes to `out_dir/warm_start.json`) the greedy held-out accuracy, the sampled
     accuracy and the fraction of mixed sample groups, measured on `config.num_eval_problems` test problems.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from dapo.tiny.evaluate import evaluate_model
-    from dapo.tiny.model import _seed_everything, build_untrained_model
-
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
     tiny_task = get_task(task)
@@ -192,34 +197,11 @@ def make_tiny_model(
     say = log or (lambda _message: None)
     out = Path(out_dir)
     started = time.perf_counter()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
-    try:
-        build_untrained_model(out, seed=seed, model_config=tiny_task.model_config)
-        say(f"built the untrained model in {out}")
-        train, test = tiny_task.split_problems(seed, num_test)
-        train_path, test_path = tiny_task.write_task_data(out / "data", seed, num_test)
-        say(f"wrote {len(train)} training and {len(test)} test problems to {train_path.parent}")
-
-        tokenizer = AutoTokenizer.from_pretrained(out)
-        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-        _seed_everything(seed)
+    with _torch_threads(num_threads):
+        train, test = _write_untrained(out, seed, num_test, tiny_task, say)
         say(f"supervised warm start: {config.num_steps} steps of {config.batch_size} problems")
-        losses = supervised_warm_start(
-            model, tokenizer, train, config, seed=seed, on_step=on_step, task=tiny_task
-        )
-        model.save_pretrained(str(out), safe_serialization=True)
-
-        eval_rows = [to_row(p, i) for i, p in enumerate(test[: config.num_eval_problems])]
-        scoring: dict[str, Any] = {"max_new_tokens": tiny_task.eval_max_new_tokens, "seed": seed}
-        if tiny_task.final_answer is not None:
-            scoring["final_answer"] = tiny_task.final_answer
-        greedy = evaluate_model(model, tokenizer, eval_rows, greedy=True, **scoring)
-        sampled = evaluate_model(
-            model, tokenizer, eval_rows, greedy=False, num_samples=config.num_eval_samples, **scoring
-        )
-    finally:
-        torch.set_num_threads(previous_threads)
+        model, tokenizer, losses = _warm_start_saved(out, train, config, seed, on_step, tiny_task)
+        greedy, sampled = _evaluate_warm_start(model, tokenizer, test, config, seed, tiny_task)
     report = {
         "seed": seed,
         "num_eval_problems": greedy.num_prompts,
@@ -250,3 +232,70 @@ def make_tiny_model(
         f"on {greedy.num_prompts} problems; {report['seconds']} s"
     )
     return report
+
+
+@contextmanager
+def _torch_threads(num_threads: int) -> Iterator[None]:
+    """Run the block on `num_threads` torch threads, then restore the previous count."""
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _write_untrained(
+    out: Path, seed: int, num_test: int, task: TinyTask, say: Callable[[str], None]
+) -> tuple[list[Problem], list[Problem]]:
+    """Write the untrained model and the task's data to `out`; returns the training and test problems."""
+    from dapo.tiny.model import build_untrained_model
+
+    build_untrained_model(out, seed=seed, model_config=task.model_config)
+    say(f"built the untrained model in {out}")
+    train, test = task.split_problems(seed, num_test)
+    train_path, _ = task.write_task_data(out / "data", seed, num_test)
+    say(f"wrote {len(train)} training and {len(test)} test problems to {train_path.parent}")
+    return train, test
+
+
+def _warm_start_saved(
+    out: Path,
+    train: list[Problem],
+    config: WarmStartConfig,
+    seed: int,
+    on_step: Callable[[int, float], None] | None,
+    task: TinyTask,
+) -> tuple[Any, Any, list[float]]:
+    """Load the untrained model from `out`, warm-start it and save it there; returns the model, its
+    tokenizer and the losses."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dapo.tiny.model import _seed_everything
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    _seed_everything(seed)
+    losses = supervised_warm_start(model, tokenizer, train, config, seed=seed, on_step=on_step, task=task)
+    model.save_pretrained(str(out), safe_serialization=True)
+    return model, tokenizer, losses
+
+
+def _evaluate_warm_start(
+    model: Any, tokenizer: Any, test: list[Problem], config: WarmStartConfig, seed: int, task: TinyTask
+) -> tuple[EvalResult, EvalResult]:
+    """Greedy and sampled accuracy on the first `config.num_eval_problems` test problems."""
+    from dapo.tiny.evaluate import evaluate_model
+
+    eval_rows = [to_row(p, i) for i, p in enumerate(test[: config.num_eval_problems])]
+    scoring: dict[str, Any] = {"max_new_tokens": task.eval_max_new_tokens, "seed": seed}
+    if task.final_answer is not None:
+        scoring["final_answer"] = task.final_answer
+    greedy = evaluate_model(model, tokenizer, eval_rows, greedy=True, **scoring)
+    sampled = evaluate_model(
+        model, tokenizer, eval_rows, greedy=False, num_samples=config.num_eval_samples, **scoring
+    )
+    return greedy, sampled

@@ -36,7 +36,7 @@ SMALL = [
 
 def _group(name: str, scores: list[float], lengths: list[int] | None = None) -> Group:
     lengths = lengths or [2] * len(scores)
-    g = Group(prompt_id=name, prompt_ids=[1, 2], ground_truth="5")
+    g = Group(row_id=name, prompt_ids=[1, 2], ground_truth="5")
     for score, n in zip(scores, lengths, strict=True):
         g.samples.append(
             Sample(list(range(n)), [-0.5] * n, "stop", version=0, score=score, correct=score > 0)

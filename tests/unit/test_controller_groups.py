@@ -29,7 +29,7 @@ def group(
     name: str, verdicts: list[bool], lengths: list[int] | None = None, truncated: bool = False
 ) -> Group:
     lengths = lengths or [2] * len(verdicts)
-    g = Group(prompt_id=name, prompt_ids=[1, 2, 3], ground_truth="5")
+    g = Group(row_id=name, prompt_ids=[1, 2, 3], ground_truth="5")
     for ok, n in zip(verdicts, lengths, strict=True):
         g.samples.append(
             Sample(
@@ -48,7 +48,7 @@ def test_dynamic_sampling_keeps_only_mixed_groups() -> None:
     config = load_config(None, SMALL)
     groups = [group("a", [True, True]), group("b", [True, False]), group("c", [False, False])]
     selection = select_groups(groups, config)
-    assert [g.prompt_id for g in selection.kept] == ["b"]
+    assert [g.row_id for g in selection.kept] == ["b"]
     assert (selection.num_generated, selection.num_all_correct, selection.num_all_wrong) == (3, 1, 1)
 
 

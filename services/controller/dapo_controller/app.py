@@ -10,10 +10,10 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -89,8 +89,40 @@ def redis_client(url: str, retry_s: float) -> aioredis.Redis:
     )
 
 
+health_router = APIRouter(tags=["health"])
+
+
+@health_router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@health_router.get("/readyz", responses={503: {"description": "Redis unreachable"}})
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when Redis answers (within READY_TIMEOUT_S: the client's retries are not waited for)."""
+    try:
+        await asyncio.wait_for(request.app.state.store.redis.ping(), READY_TIMEOUT_S)
+    except (aioredis.ConnectionError, aioredis.TimeoutError, OSError, TimeoutError) as exc:
+        reason = str(exc) or f"no answer within {READY_TIMEOUT_S} s"
+        return JSONResponse(status_code=503, content={"status": "unavailable", "reason": reason})
+    return JSONResponse({"status": "ready"})
+
+
 def create_app(settings: ControllerSettings | None = None) -> FastAPI:
     settings = settings or ControllerSettings()
+    app = FastAPI(title="dapo controller", version=__version__, lifespan=_lifespan(settings))
+    app.state.settings = settings
+    app.include_router(api.router)
+    app.include_router(dashboard.router)
+    app.include_router(health_router)
+    _add_metrics(app)
+    return app
+
+
+def _lifespan(settings: ControllerSettings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Connect Redis and put the RunStore on `app.state`; start the RunManager unless `settings.run_loop`
+    is false. Teardown stops it and closes the client."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -109,12 +141,13 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
                 await manager.stop()
             await client.aclose()
 
-    app = FastAPI(title="dapo controller", version=__version__, lifespan=lifespan)
-    app.state.settings = settings
+    return lifespan
+
+
+def _add_metrics(app: FastAPI) -> None:
+    """Count and time every request, and serve the Prometheus figures at /metrics."""
     registry = CollectorRegistry()
     metrics = _metrics(registry)
-    app.include_router(api.router)
-    app.include_router(dashboard.router)
 
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -124,21 +157,6 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
         metrics["requests"].labels(request.method, route, str(response.status_code)).inc()  # type: ignore[attr-defined]
         metrics["latency"].labels(route).observe(time.perf_counter() - started)  # type: ignore[attr-defined]
         return response
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        """The process is alive."""
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["health"], responses={503: {"description": "Redis unreachable"}})
-    async def readyz(request: Request) -> JSONResponse:
-        """Ready when Redis answers (within READY_TIMEOUT_S: the client's retries are not waited for)."""
-        try:
-            await asyncio.wait_for(request.app.state.store.redis.ping(), READY_TIMEOUT_S)
-        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError, TimeoutError) as exc:
-            reason = str(exc) or f"no answer within {READY_TIMEOUT_S} s"
-            return JSONResponse(status_code=503, content={"status": "unavailable", "reason": reason})
-        return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)
     async def prometheus(request: Request) -> Response:
@@ -155,8 +173,6 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
                     metrics["latest"].labels(key).set(run.latest_metrics[key])  # type: ignore[attr-defined]
             metrics["queue"].set(await queue_depth(request.app.state.store.redis, run.id))  # type: ignore[attr-defined]
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 async def queue_depth(redis: aioredis.Redis, run_id: str) -> int:

@@ -38,8 +38,8 @@ class Sample:
 class Group:
     """The G answers to one prompt."""
 
-    prompt_id: str
-    prompt_ids: list[int]
+    row_id: str  # the dataset row (PromptRow.id) the prompt came from
+    prompt_ids: list[int]  # the prompt's token ids
     ground_truth: str
     samples: list[Sample] = field(default_factory=list)
 
@@ -127,7 +127,7 @@ def build_train_batch(run_id: str, step: int, groups: list[Group], config: RunCo
         ],
         advantages=advantages,
         versions=np.array([s.version for s in samples], dtype=np.int64),
-        metadata={"group_ids": group_ids, "prompt_ids": [g.prompt_id for g in groups]},
+        metadata={"group_ids": group_ids, "row_ids": [g.row_id for g in groups]},
     )
 
 

@@ -548,28 +548,38 @@ class Launcher:
                     time.sleep(1.0)
                     continue
                 answered = time.monotonic()
-                seen = {json.dumps(r, sort_keys=True) for r in self.records if int(r["step"]) >= since}
-                for record in new:
-                    if json.dumps(record, sort_keys=True) not in seen:
-                        self.records.append(record)
-                        latest.update(record)
+                self._add_records(new, since, latest)
                 done = sum(1 for r in self.records if r.get("source") == "trainer")
-                info = (
-                    " ".join(
-                        f"{label} {latest[key]:.3g}"
-                        for key, label in (
-                            ("train/reward", "reward"),
-                            ("val/accuracy", "val acc"),
-                            ("gen/tokens_per_s", "tok/s"),
-                        )
-                        if isinstance(latest.get(key), int | float)
-                    )
-                    or run["status"]
+                progress.update(
+                    task, completed=min(done, total), info=self._progress_info(latest, run["status"])
                 )
-                progress.update(task, completed=min(done, total), info=info)
                 if run["status"] in TERMINAL:
                     return run
                 time.sleep(1.0)
+
+    def _add_records(self, new: list[dict[str, Any]], since: int, latest: dict[str, Any]) -> None:
+        """Append the records of `new` not already held (those from step `since` on may repeat)."""
+        seen = {json.dumps(r, sort_keys=True) for r in self.records if int(r["step"]) >= since}
+        for record in new:
+            if json.dumps(record, sort_keys=True) not in seen:
+                self.records.append(record)
+                latest.update(record)
+
+    @staticmethod
+    def _progress_info(latest: dict[str, Any], status: str) -> str:
+        """The progress bar's text: the latest reward, validation accuracy and generation speed, else the status."""
+        return (
+            " ".join(
+                f"{label} {latest[key]:.3g}"
+                for key, label in (
+                    ("train/reward", "reward"),
+                    ("val/accuracy", "val acc"),
+                    ("gen/tokens_per_s", "tok/s"),
+                )
+                if isinstance(latest.get(key), int | float)
+            )
+            or status
+        )
 
     def _get_run(self) -> dict[str, Any]:
         """The run's record; a 5xx (Redis restarting behind the controller) reads as a transport error."""

@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from dapo import keys
+from dapo.batch import TrainBatch
 from dapo.config import RunConfig, parse_config
 from dapo.config.schema import MathEnvConfig
 from dapo.data import PromptCursor, PromptRow, load_from_config
@@ -122,6 +123,21 @@ def score_request(math_cfg: MathEnvConfig, items: list[tuple[str, str]]) -> rewa
     if math_cfg.verifier == "math_verify":
         request.math_verify.CopyFrom(reward_pb2.MathVerifyOptions(**math_cfg.math_verify.model_dump()))
     return request
+
+
+@dataclass
+class _Sampled:
+    """What one step's generation rounds have gathered so far (dynamic sampling's running totals)."""
+
+    kept: list[Group] = field(default_factory=list)
+    generated: list[Group] = field(default_factory=list)
+    num_all_correct: int = 0
+    num_all_wrong: int = 0
+    num_stale: int = 0
+    num_rounds: int = 0
+    num_tokens: int = 0
+    time_generate: float = 0.0
+    time_reward: float = 0.0
 
 
 class RunLoop:
@@ -281,57 +297,72 @@ class RunLoop:
         return grpo.val_period > 0 and step % grpo.val_period == 0
 
     async def _make_batch(self, step: int, cursor: PromptCursor, min_version: int) -> dict[str, Any]:
-        cfg = self.config
-        wanted = cfg.grpo.num_prompts_per_step
-        kept: list[Group] = []
-        generated: list[Group] = []
-        counts = {"all_correct": 0, "all_wrong": 0, "stale": 0}
-        time_generate = time_reward = 0.0
-        num_tokens = 0
-        num_rounds = 0
-        for _ in range(cfg.grpo.dynamic_sampling_max_gen_batches):
-            num_rounds += 1
-            await self._check_stop()
-            # With dynamic sampling every round over-samples a whole batch (DAPO's generation batch);
-            # surplus groups are dropped. Without it, one round of exactly the batch.
-            num_prompts = (
-                math.ceil(wanted * cfg.grpo.batch_multiplier) if cfg.grpo.use_dynamic_sampling else wanted
-            )
-            rows = cursor.take(num_prompts)
-            t0 = time.monotonic()
-            groups = await self._generate(
-                rows, cfg.grpo.num_generations_per_prompt, cfg.policy.generation.temperature
-            )
-            t1 = time.monotonic()
-            await self._score(groups)
-            t2 = time.monotonic()
-            time_generate += t1 - t0
-            time_reward += t2 - t1
-            num_tokens += sum(len(s.token_ids) for g in groups for s in g.samples)
-            fresh = [
-                g
-                for g in groups
-                if all(s.version >= min_version and s.run_id == self.run_id for s in g.samples)
-            ]
-            counts["stale"] += len(groups) - len(fresh)
-            generated += groups
-            selection = select_groups(fresh, cfg)
-            counts["all_correct"] += selection.num_all_correct
-            counts["all_wrong"] += selection.num_all_wrong
-            kept += selection.kept
-            if len(kept) >= wanted:
-                break
-        else:
-            raise RunFailed(
-                f"step {step}: dynamic sampling filled only {len(kept)} of {wanted} groups after "
-                f"{cfg.grpo.dynamic_sampling_max_gen_batches} generation rounds "
-                f"({counts['all_correct']} groups all correct, {counts['all_wrong']} all wrong, "
-                f"{counts['stale']} stale); raise grpo.dynamic_sampling_max_gen_batches or grpo.batch_multiplier"
-            )
-        kept = kept[:wanted]
+        wanted = self.config.grpo.num_prompts_per_step
+        sampled = await self._sample_groups(step, cursor, min_version)
+        kept = sampled.kept[:wanted]
         t_build = time.monotonic()
-        batch = build_train_batch(self.run_id, step, kept, cfg)
-        # The batch and the loop state that produced it are committed together.
+        batch = build_train_batch(self.run_id, step, kept, self.config)
+        await self._queue_batch(step, cursor, batch)
+        time_commit = time.monotonic() - t_build
+        # Below `step`: the batch was queued before the trainer needed it (the trainer was kept fed).
+        trainer_version_at_commit = await self._trainer_version()
+        metrics = self._batch_metrics(step, kept, sampled)
+        metrics.update(
+            {
+                "time/build_commit": time_commit,
+                "queue/trainer_version_at_commit": trainer_version_at_commit,
+                "queue/batch_id": batch.batch_id,
+            }
+        )
+        return metrics
+
+    async def _sample_groups(self, step: int, cursor: PromptCursor, min_version: int) -> _Sampled:
+        """Generation rounds until dynamic sampling has kept a batch's worth of groups (at most
+        grpo.dynamic_sampling_max_gen_batches rounds, else the run fails saying why)."""
+        grpo = self.config.grpo
+        wanted = grpo.num_prompts_per_step
+        # With dynamic sampling every round over-samples a whole batch (DAPO's generation batch);
+        # surplus groups are dropped. Without it, one round of exactly the batch.
+        num_prompts = math.ceil(wanted * grpo.batch_multiplier) if grpo.use_dynamic_sampling else wanted
+        sampled = _Sampled()
+        for _ in range(grpo.dynamic_sampling_max_gen_batches):
+            await self._check_stop()
+            await self._generation_round(cursor.take(num_prompts), min_version, sampled)
+            if len(sampled.kept) >= wanted:
+                return sampled
+        raise RunFailed(
+            f"step {step}: dynamic sampling filled only {len(sampled.kept)} of {wanted} groups after "
+            f"{grpo.dynamic_sampling_max_gen_batches} generation rounds "
+            f"({sampled.num_all_correct} groups all correct, {sampled.num_all_wrong} all wrong, "
+            f"{sampled.num_stale} stale); raise grpo.dynamic_sampling_max_gen_batches or grpo.batch_multiplier"
+        )
+
+    async def _generation_round(self, rows: list[PromptRow], min_version: int, sampled: _Sampled) -> None:
+        """Generate and score one group per row, and add the fresh groups that dynamic sampling keeps."""
+        cfg = self.config
+        sampled.num_rounds += 1
+        t0 = time.monotonic()
+        groups = await self._generate(
+            rows, cfg.grpo.num_generations_per_prompt, cfg.policy.generation.temperature
+        )
+        t1 = time.monotonic()
+        await self._score(groups)
+        t2 = time.monotonic()
+        sampled.time_generate += t1 - t0
+        sampled.time_reward += t2 - t1
+        sampled.num_tokens += sum(len(s.token_ids) for g in groups for s in g.samples)
+        fresh = [
+            g for g in groups if all(s.version >= min_version and s.run_id == self.run_id for s in g.samples)
+        ]
+        sampled.num_stale += len(groups) - len(fresh)
+        sampled.generated += groups
+        selection = select_groups(fresh, cfg)
+        sampled.num_all_correct += selection.num_all_correct
+        sampled.num_all_wrong += selection.num_all_wrong
+        sampled.kept += selection.kept
+
+    async def _queue_batch(self, step: int, cursor: PromptCursor, batch: TrainBatch) -> None:
+        """Queue `batch` and advance the loop state past `step` in one transaction."""
         fields = [x for pair in batch.to_fields().items() for x in pair]
         committed = await self._commit_batch(
             keys=[keys.batch_stream(self.run_id), keys.controller_state(self.run_id)],
@@ -339,28 +370,26 @@ class RunLoop:
         )
         if not committed:
             raise RunFailed(f"step {step}: {LOST_STATE}")
-        time_commit = time.monotonic() - t_build
-        # Below `step`: the batch was queued before the trainer needed it (the trainer was kept fed).
-        trainer_version_at_commit = await self._trainer_version()
+
+    def _batch_metrics(self, step: int, kept: list[Group], sampled: _Sampled) -> dict[str, Any]:
+        """The controller's figures for one step's batch: its samples, groups, staleness and timings."""
+        generated = sampled.generated
         kept_versions = [s.version for g in kept for s in g.samples]
         metrics: dict[str, Any] = {"step": step, "source": "controller", **sample_metrics(generated)}
-        metrics.update(overlong_metrics(kept, cfg))
+        metrics.update(overlong_metrics(kept, self.config))
         metrics.update(
             {
                 "train/groups_generated": len(generated),
                 "train/groups_kept_frac": len(kept) / max(1, len(generated)),
-                "train/groups_all_correct": counts["all_correct"],
-                "train/groups_all_wrong": counts["all_wrong"],
-                "train/groups_stale": counts["stale"],
-                "train/generation_rounds": num_rounds,
+                "train/groups_all_correct": sampled.num_all_correct,
+                "train/groups_all_wrong": sampled.num_all_wrong,
+                "train/groups_stale": sampled.num_stale,
+                "train/generation_rounds": sampled.num_rounds,
                 "train/staleness": float(step - min(kept_versions)),
                 "train/staleness_mean": float(step - sum(kept_versions) / len(kept_versions)),
-                "time/generate": time_generate,
-                "time/reward": time_reward,
-                "time/build_commit": time_commit,
-                "queue/trainer_version_at_commit": trainer_version_at_commit,
-                "gen/tokens_per_s": num_tokens / max(time_generate, 1e-9),
-                "queue/batch_id": batch.batch_id,
+                "time/generate": sampled.time_generate,
+                "time/reward": sampled.time_reward,
+                "gen/tokens_per_s": sampled.num_tokens / max(sampled.time_generate, 1e-9),
             }
         )
         return metrics
@@ -381,7 +410,7 @@ class RunLoop:
         groups = []
         for row, result in zip(rows, results, strict=True):
             group = Group(
-                prompt_id=row.id, prompt_ids=list(result.prompt_token_ids), ground_truth=row.ground_truth
+                row_id=row.id, prompt_ids=list(result.prompt_token_ids), ground_truth=row.ground_truth
             )
             for sample in result.samples:
                 group.samples.append(

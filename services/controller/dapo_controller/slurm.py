@@ -115,6 +115,34 @@ def layout(config: RunConfig) -> Layout:
     )
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What every step's command is built from."""
+
+    config: RunConfig
+    nodes: list[Node]
+    lay: Layout
+    job_dir: Path
+    port_base: int
+    python: str
+
+    @property
+    def py(self) -> list[str]:
+        return [self.python, "-m", "dapo.cli"]
+
+    @property
+    def head(self) -> Node:
+        return self.nodes[0]
+
+    @property
+    def trainer_head(self) -> Node:
+        return self.nodes[self.lay.trainer_nodes[0]]
+
+    @property
+    def weights(self) -> str:
+        return f"{self.trainer_head.address}:{self.port_base + WEIGHTS}"
+
+
 def plan(
     config: RunConfig, nodes: list[Node], job_dir: Path, port_base: int, python: str
 ) -> tuple[dict[str, str], list[Step]]:
@@ -124,46 +152,55 @@ def plan(
             f"the job has {len(nodes)} node(s) but cluster.num_nodes is {config.cluster.num_nodes}: "
             f"submit it with sbatch --nodes={config.cluster.num_nodes} (or set cluster.num_nodes={len(nodes)})"
         )
-    lay = layout(config)
-    py = [python, "-m", "dapo.cli"]
-    head = nodes[0]
-    trainer_head = nodes[lay.trainer_nodes[0]]
-    weights = f"{trainer_head.address}:{port_base + WEIGHTS}"
-    rollout_addresses = [
-        f"{nodes[n].address}:{port_base + ROLLOUT + 2 * i}" for i, n in enumerate(lay.rollout_nodes)
-    ]
-    reward = f"{head.address}:{port_base + REWARD_GRPC}"
+    job = _Job(config, nodes, layout(config), job_dir, port_base, python)
+    head = job.head
     scheme = "https" if auth.tls_files() is not None else "http"
     variables = {
         "REDIS_ADDRESS": f"{head.address}:{port_base + REDIS}",
         "CONTROLLER_URL": f"{scheme}://{head.address}:{port_base + CONTROLLER}",
-        "WEIGHTS_ADDRESS": weights,
+        "WEIGHTS_ADDRESS": job.weights,
     }
-    redis_dir = job_dir / "redis"
-    redis = [
-        redis_server_binary(), "-", "--bind", head.address, "--port", str(port_base + REDIS),
-        "--dir", str(redis_dir), "--appendonly", "yes", "--save", "", "--daemonize", "no",
-    ]  # fmt: skip
     steps = [
-        # The password reaches redis-server as its configuration on stdin, not on its command line.
-        Step(
-            "redis",
-            (head,),
-            f"mkdir -p {shlex.quote(str(redis_dir))} && "
-            f"printf 'requirepass %s\\n' \"$DAPO_REDIS_PASSWORD\" | exec {shlex.join(redis)}",
-        ),
+        _redis_step(job),
         Step(
             "reward",
             (head,),
             "exec "
             + shlex.join(
-                [*py, *reward_args(config, head.address, port_base + REWARD_GRPC, port_base + REWARD_HTTP)]
+                [
+                    *job.py,
+                    *reward_args(config, head.address, port_base + REWARD_GRPC, port_base + REWARD_HTTP),
+                ]
             ),
         ),
+        _trainer_step(job),
+        *[_rollout_step(job, i) for i in range(len(job.lay.rollout_nodes))],
+        _controller_step(job),
     ]
+    return variables, steps
+
+
+def _redis_step(job: _Job) -> Step:
+    redis_dir = job.job_dir / "redis"
+    redis = [
+        redis_server_binary(), "-", "--bind", job.head.address, "--port", str(job.port_base + REDIS),
+        "--dir", str(redis_dir), "--appendonly", "yes", "--save", "", "--daemonize", "no",
+    ]  # fmt: skip
+    # The password reaches redis-server as its configuration on stdin, not on its command line.
+    return Step(
+        "redis",
+        (job.head,),
+        f"mkdir -p {shlex.quote(str(redis_dir))} && "
+        f"printf 'requirepass %s\\n' \"$DAPO_REDIS_PASSWORD\" | exec {shlex.join(redis)}",
+    )
+
+
+def _trainer_step(job: _Job) -> Step:
+    """One torchrun group over the trainer nodes."""
+    lay, port_base, trainer_head = job.lay, job.port_base, job.trainer_head
     nnodes = len(lay.trainer_nodes)
     torchrun = [
-        python, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={lay.trainer_nproc}",
+        job.python, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={lay.trainer_nproc}",
         f"--master_addr={trainer_head.address}", f"--master_port={port_base + TORCHRUN}",
     ]  # fmt: skip
     # The node rank is the task's index in the step ($SLURM_NODEID), which its shell expands.
@@ -171,51 +208,58 @@ def plan(
         [
             "-m",
             "dapo.cli",
-            *trainer_args(config, trainer_head.address, port_base + WEIGHTS, port_base + TRAINER_METRICS),
+            *trainer_args(job.config, trainer_head.address, port_base + WEIGHTS, port_base + TRAINER_METRICS),
         ]
     )
     devices = f"export CUDA_VISIBLE_DEVICES={','.join(lay.trainer_gpus)}; " if lay.trainer_gpus else ""
-    steps.append(
-        Step(
-            "trainer",
-            tuple(nodes[n] for n in lay.trainer_nodes),
-            f'echo "trainer: node rank $SLURM_NODEID of {nnodes} on $SLURMD_NODENAME, '
-            f'{lay.trainer_nproc} rank(s) per node, world size {nnodes * lay.trainer_nproc}"; '
-            f"{devices}exec {trainer_cmd}",
-        )
+    return Step(
+        "trainer",
+        tuple(job.nodes[n] for n in lay.trainer_nodes),
+        f'echo "trainer: node rank $SLURM_NODEID of {nnodes} on $SLURMD_NODENAME, '
+        f'{lay.trainer_nproc} rank(s) per node, world size {nnodes * lay.trainer_nproc}"; '
+        f"{devices}exec {trainer_cmd}",
     )
-    for i, n in enumerate(lay.rollout_nodes):
-        node = nodes[n]
-        gpus = lay.rollout_gpus[i]
-        # On CPU at a lower priority, as `dapo run` does (see dapo_controller.launcher).
-        prefix = (
-            f"export CUDA_VISIBLE_DEVICES={','.join(gpus)}; exec "
-            if gpus
-            else f"exec nice -n {ROLLOUT_CPU_NICE} "
-        )
-        port = port_base + ROLLOUT + 2 * i
-        args = rollout_args(config, i, node.address, port, port + 1, weights)
-        steps.append(
-            Step(
-                f"rollout-{i}",
-                (node,),
-                f'export VLLM_CPU_KVCACHE_SPACE="${{VLLM_CPU_KVCACHE_SPACE:-1}}"; {prefix}{shlex.join([*py, *args])}',
-            )
-        )
-    steps.append(
-        Step(
-            "controller",
-            (head,),
-            "exec "
-            + shlex.join(
-                [
-                    *py,
-                    *controller_args(config, head.address, port_base + CONTROLLER, rollout_addresses, reward),
-                ]
-            ),
-        )
+
+
+def _rollout_port(job: _Job, server: int) -> int:
+    return job.port_base + ROLLOUT + 2 * server
+
+
+def _rollout_step(job: _Job, server: int) -> Step:
+    node = job.nodes[job.lay.rollout_nodes[server]]
+    gpus = job.lay.rollout_gpus[server]
+    # On CPU at a lower priority, as `dapo run` does (see dapo_controller.launcher).
+    prefix = (
+        f"export CUDA_VISIBLE_DEVICES={','.join(gpus)}; exec "
+        if gpus
+        else f"exec nice -n {ROLLOUT_CPU_NICE} "
     )
-    return variables, steps
+    port = _rollout_port(job, server)
+    args = rollout_args(job.config, server, node.address, port, port + 1, job.weights)
+    return Step(
+        f"rollout-{server}",
+        (node,),
+        f'export VLLM_CPU_KVCACHE_SPACE="${{VLLM_CPU_KVCACHE_SPACE:-1}}"; {prefix}{shlex.join([*job.py, *args])}',
+    )
+
+
+def _controller_step(job: _Job) -> Step:
+    head, port_base = job.head, job.port_base
+    rollout_addresses = [
+        f"{job.nodes[n].address}:{_rollout_port(job, i)}" for i, n in enumerate(job.lay.rollout_nodes)
+    ]
+    reward = f"{head.address}:{port_base + REWARD_GRPC}"
+    return Step(
+        "controller",
+        (head,),
+        "exec "
+        + shlex.join(
+            [
+                *job.py,
+                *controller_args(job.config, head.address, port_base + CONTROLLER, rollout_addresses, reward),
+            ]
+        ),
+    )
 
 
 def format_plan(variables: dict[str, str], steps: list[Step]) -> str:

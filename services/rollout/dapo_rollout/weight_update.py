@@ -410,85 +410,84 @@ class WeightUpdater:
         plan = manifest.relay
         version, run_id = manifest.version, manifest.run_id
         progress = RelayProgress(source="upstream")
-        own_error: str | None = None
-        assembler: ShmStagingAssembler | None = None
-        try:
-            if self._check_order(version, run_id):
-                assembler = ShmStagingAssembler(self.expected, self.staging)
-                assembler.add(weights_pb2.WeightUpdateMessage(manifest=manifest))
-        except (StaleVersionError, WeightUpdateError) as exc:
-            own_error = str(exc)
-            if assembler is not None:
-                assembler.release()
-                assembler = None
+        state = _RelayState(source=iterator)
+        self._start_staging(manifest, state)
         await downstream.open(manifest)
-        stall_s = downstream.stall_s
-        source: AsyncIterator[Frame] = iterator
         try:
-            while True:
-                try:
-                    while True:
-                        item = await asyncio.wait_for(anext(source), stall_s)
-                        message, raw = _parse(item)
-                        if assembler is not None:
-                            try:
-                                assembler.add(message)
-                            except WeightUpdateError as exc:
-                                own_error = str(exc)
-                                assembler.release()
-                                assembler = None
-                        await downstream.send(raw)
-                        progress.num_chunks += 1
-                except StopAsyncIteration:
-                    broke = f"the stream ended after {progress.num_chunks} of {manifest.num_chunks} chunks"
-                except (grpc.aio.AioRpcError, asyncio.TimeoutError, asyncio.CancelledError) as exc:
-                    if isinstance(exc, asyncio.CancelledError) and _is_cancelled():
-                        raise
-                    broke = f"the upstream failed after {progress.num_chunks} chunks: {error_text(exc)}"
-                if progress.num_chunks >= manifest.num_chunks or manifest.num_chunks == 0:
-                    break
-                # The upstream is gone (or stalled): the rest comes from the publisher, still relayed.
-                progress.is_orphaned = True
-                if not self.publisher_address or progress.num_resumes >= MAX_RESUMES:
-                    own_error = own_error or f"{broke}; no resume from the publisher possible"
-                    progress.is_complete = False
-                    break
-                log.warning(
-                    "version %d: %s; resuming from the publisher %s", version, broke, self.publisher_address
-                )
-                progress.num_resumes += 1
-                progress.source = f"publisher, resumed at chunk {progress.num_chunks} ({broke})"
-                await _close(source)
-                source = resume_frames(
-                    self.publisher_address, manifest, progress.num_chunks, plan.address, self.relay_timeout_s
-                )
+            await self._relay_chunks(manifest, state, downstream, progress)
             received = time.perf_counter()
             result = UpdateResult(version, 0, received - started, False, run_id)
-            if assembler is not None and own_error is None:
+            if state.assembler is not None and state.own_error is None:
                 try:
-                    result = await self._apply(assembler, version, run_id, started, received)
+                    result = await self._apply(state.assembler, version, run_id, started, received)
                 except WeightUpdateError as exc:
-                    own_error = str(exc)
+                    state.own_error = str(exc)
         except (grpc.aio.AioRpcError, ValueError) as exc:  # the resumed stream failed too
-            own_error = own_error or f"resuming from the publisher failed: {error_text(exc)}"
+            state.own_error = state.own_error or f"resuming from the publisher failed: {error_text(exc)}"
             progress.is_complete = False
             result = UpdateResult(version, 0, time.perf_counter() - started, False, run_id)
         finally:
-            if assembler is not None:
-                assembler.release()
-            await _close(source)
-        is_served = own_error is None
+            state.drop_staging()
+            await _close(state.source)
+        is_served = state.own_error is None
         if not is_served:
-            log.warning("version %d of run '%s' not applied here: %s", version, run_id, own_error)
+            log.warning("version %d of run '%s' not applied here: %s", version, run_id, state.own_error)
         result.relayed.append(
             weights_pb2.RelayOutcome(
                 address=plan.address,
                 is_served=is_served,
                 source=progress.source if result.is_applied else ("already served" if is_served else ""),
-                error=own_error or "",
+                error=state.own_error or "",
             )
         )
         return result, progress
+
+    def _start_staging(self, manifest: weights_pb2.WeightManifest, state: _RelayState) -> None:
+        """Stage the manifest when this server is to apply the version; else record why it does not."""
+        try:
+            if self._check_order(manifest.version, manifest.run_id):
+                state.assembler = ShmStagingAssembler(self.expected, self.staging)
+                state.assembler.add(weights_pb2.WeightUpdateMessage(manifest=manifest))
+        except (StaleVersionError, WeightUpdateError) as exc:
+            state.own_error = str(exc)
+            state.drop_staging()
+
+    async def _relay_chunks(
+        self,
+        manifest: weights_pb2.WeightManifest,
+        state: _RelayState,
+        downstream: Downstream,
+        progress: RelayProgress,
+    ) -> None:
+        """Read and forward every chunk: from the upstream, then, each time a stream breaks early, from
+        the publisher (at most MAX_RESUMES times; after that the update is incomplete here)."""
+        stall_s = downstream.stall_s
+        while True:
+            broke = await _forward_until_break(state, downstream, progress, manifest.num_chunks, stall_s)
+            if progress.num_chunks >= manifest.num_chunks or manifest.num_chunks == 0:
+                return
+            # The upstream is gone (or stalled): the rest comes from the publisher, still relayed.
+            progress.is_orphaned = True
+            if not self.publisher_address or progress.num_resumes >= MAX_RESUMES:
+                state.own_error = state.own_error or f"{broke}; no resume from the publisher possible"
+                progress.is_complete = False
+                return
+            log.warning(
+                "version %d: %s; resuming from the publisher %s",
+                manifest.version,
+                broke,
+                self.publisher_address,
+            )
+            progress.num_resumes += 1
+            progress.source = f"publisher, resumed at chunk {progress.num_chunks} ({broke})"
+            await _close(state.source)
+            state.source = resume_frames(
+                self.publisher_address,
+                manifest,
+                progress.num_chunks,
+                manifest.relay.address,
+                self.relay_timeout_s,
+            )
 
 
 MAX_RESUMES = 2
@@ -501,6 +500,51 @@ class RelayProgress:
     num_resumes: int = 0
     is_orphaned: bool = False  # the upstream broke: nobody is waiting for this reply
     is_complete: bool = True  # every chunk arrived (and went downstream)
+
+
+@dataclass
+class _RelayState:
+    """What the steps of one relayed update share."""
+
+    source: AsyncIterator[Frame]
+    """The stream read now: the upstream, or a resume from the publisher."""
+    assembler: ShmStagingAssembler | None = None
+    """This server's staging of the version; None when it does not apply it."""
+    own_error: str | None = None
+    """Why this server does not serve the version."""
+
+    def stage(self, message: weights_pb2.WeightUpdateMessage) -> None:
+        if self.assembler is not None:
+            try:
+                self.assembler.add(message)
+            except WeightUpdateError as exc:
+                self.own_error = str(exc)
+                self.drop_staging()
+
+    def drop_staging(self) -> None:
+        if self.assembler is not None:
+            self.assembler.release()
+            self.assembler = None
+
+
+async def _forward_until_break(
+    state: _RelayState, downstream: Downstream, progress: RelayProgress, num_chunks: int, stall_s: float
+) -> str:
+    """Stage and forward chunks from `state.source` until it ends, fails or stalls; returns how it broke.
+    Cancellation of the task itself propagates; a read of a cancelled call is a failed upstream."""
+    try:
+        while True:
+            item = await asyncio.wait_for(anext(state.source), stall_s)
+            message, raw = _parse(item)
+            state.stage(message)
+            await downstream.send(raw)
+            progress.num_chunks += 1
+    except StopAsyncIteration:
+        return f"the stream ended after {progress.num_chunks} of {num_chunks} chunks"
+    except (grpc.aio.AioRpcError, asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        if isinstance(exc, asyncio.CancelledError) and _is_cancelled():
+            raise
+        return f"the upstream failed after {progress.num_chunks} chunks: {error_text(exc)}"
 
 
 async def _close(source: AsyncIterator[Frame]) -> None:

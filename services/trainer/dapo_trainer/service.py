@@ -32,7 +32,7 @@ from dapo_trainer.main import TrainerOptions
 from dapo_trainer.metrics import PUSH_FAILURES, RunReporter, start_metrics_server
 from dapo_trainer.publish import WeightOutlet
 from dapo_trainer.redis_io import RedisUnavailable, RetryingRedis
-from dapo_trainer.train import TERMINAL_STATUSES, Services, train
+from dapo_trainer.train import TERMINAL_STATUSES, TrainerLinks, train
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def serve(options: TrainerOptions) -> int:
             if ctx.is_main:
                 assert redis is not None
                 outlet = _open_outlet(options, redis, run_id, config)
-            services = Services(
+            links = TrainerLinks(
                 ctx=ctx,
                 redis=redis,
                 outlet=outlet,
@@ -164,7 +164,7 @@ def serve(options: TrainerOptions) -> int:
                 heartbeat=heartbeat,
             )
             try:
-                reason = train(config, run_id, services)
+                reason = train(config, run_id, links)
             except RedisUnavailable:
                 raise
             except Exception as exc:

@@ -66,6 +66,17 @@ def loss_options(config: RunConfig) -> LossOptions:
     )
 
 
+@dataclass
+class _Tally:
+    """What one rank collects over a batch's optimizer steps."""
+
+    raw_metrics: list[dict[str, float]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    num_tokens: int = 0
+
+
 def train_on_batch(
     model: LogprobModel,
     optimizer: torch.optim.Optimizer,
@@ -91,69 +102,104 @@ def train_on_batch(
     clock = _Clock(ctx.device)
     times = StepTimes()
     model.train()
-
-    # old_logps[s][m]: micro-batch m of optimizer step s; None for step 0 (its own forward gives them)
-    old_logps: list[list[torch.Tensor] | None] = [None]
-    if len(plan) > 1:
-        start = clock.now()
-        with torch.no_grad():
-            old_logps += [
-                [_forward(model, mb, with_entropy=False)[0] for mb in step] for step in micro_batches[1:]
-            ]
-        times.forward += clock.now() - start
-
+    old_logps = _old_logps(model, micro_batches, clock, times)
     options = loss_options(config)
     # Our warm-up counts optimizer steps; NeMo RL's policy.scheduler counts training steps (batches).
     per_optimizer_step = config.policy.scheduler is None
-    raw_metrics: list[dict[str, float]] = []
-    losses: list[float] = []
-    grad_norms: list[float] = []
-    lrs: list[float] = []
-    num_tokens = 0
+    max_norm = policy.max_grad_norm if policy.max_grad_norm is not None else float("inf")
+    tally = _Tally()
     for step_index, (step_plan, step_batches) in enumerate(zip(plan, micro_batches, strict=True)):
         all_indices = [i for rank_plan in step_plan for micro in rank_plan for i in micro]
         denominator = max(1, loss_denominator(batch, all_indices, options.aggregation))
         optimizer.zero_grad(set_to_none=True)
-        step_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
-        step_old = old_logps[step_index]
-        for micro_index, mb in enumerate(step_batches):
-            start = clock.now()
-            loss_inputs = LossInputs(
-                advantages_B=mb.advantages_B,
-                mask_BR=mb.mask_BR,
-                global_denominator=denominator,
-                old_logp_BR=None if step_old is None else step_old[micro_index],
-                rollout_logp_BR=mb.rollout_logp_BR,
-                options=options,
-            )
-            loss, metrics = _forward_loss(model, mb, loss_inputs)
-            middle = clock.now()
-            loss.backward()
-            times.forward += middle - start
-            times.backward += clock.now() - middle
-            step_loss += loss.detach().to(torch.float64)
-            num_tokens += mb.num_tokens
-            if mb.num_tokens:
-                raw_metrics.append(metrics)
+        shared = _StepLoss(denominator, old_logps[step_index], options)
+        step_loss = _accumulate_gradients(model, step_batches, shared, ctx.device, clock, times, tally)
         start = clock.now()
-        max_norm = policy.max_grad_norm if policy.max_grad_norm is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        lrs.append(float(scheduler.get_last_lr()[0]))
+        grad_norm = _clip_gradients(model, max_norm)
+        tally.lrs.append(float(scheduler.get_last_lr()[0]))
         optimizer.step()
         if per_optimizer_step:
             scheduler.step()
         if ctx.world_size > 1:
             dist.all_reduce(step_loss)
         times.optimizer += clock.now() - start
-        losses.append(float(step_loss))
-        grad_norms.append(float(grad_norm))
+        tally.losses.append(float(step_loss))
+        tally.grad_norms.append(float(grad_norm))
 
     if not per_optimizer_step:
         scheduler.step()
-    gathered = gather_to_main((raw_metrics, num_tokens, times), ctx)
-    result = BatchResult(times=times, num_optimizer_steps=len(plan))
+    return _batch_result(tally, times, len(plan), ctx)
+
+
+def _old_logps(
+    model: LogprobModel, micro_batches: list[list[MicroBatch]], clock: _Clock, times: StepTimes
+) -> list[list[torch.Tensor] | None]:
+    """old_logps[s][m]: micro-batch m of optimizer step s; None for step 0 (its own forward gives them)."""
+    old_logps: list[list[torch.Tensor] | None] = [None]
+    if len(micro_batches) > 1:
+        start = clock.now()
+        with torch.no_grad():
+            old_logps += [
+                [_forward(model, mb, with_entropy=False)[0] for mb in step] for step in micro_batches[1:]
+            ]
+        times.forward += clock.now() - start
+    return old_logps
+
+
+@dataclass
+class _StepLoss:
+    """What the loss of every micro-batch of one optimizer step shares."""
+
+    denominator: int
+    old_logps: list[torch.Tensor] | None
+    options: LossOptions
+
+
+def _accumulate_gradients(
+    model: LogprobModel,
+    step_batches: list[MicroBatch],
+    step: _StepLoss,
+    device: torch.device,
+    clock: _Clock,
+    times: StepTimes,
+    tally: _Tally,
+) -> torch.Tensor:
+    """Forward and backward over one optimizer step's micro-batches; returns this rank's summed loss."""
+    step_loss = torch.zeros((), dtype=torch.float64, device=device)
+    for micro_index, mb in enumerate(step_batches):
+        start = clock.now()
+        loss_inputs = LossInputs(
+            advantages_B=mb.advantages_B,
+            mask_BR=mb.mask_BR,
+            global_denominator=step.denominator,
+            old_logp_BR=None if step.old_logps is None else step.old_logps[micro_index],
+            rollout_logp_BR=mb.rollout_logp_BR,
+            options=step.options,
+        )
+        loss, metrics = _forward_loss(model, mb, loss_inputs)
+        middle = clock.now()
+        loss.backward()
+        times.forward += middle - start
+        times.backward += clock.now() - middle
+        step_loss += loss.detach().to(torch.float64)
+        tally.num_tokens += mb.num_tokens
+        if mb.num_tokens:
+            tally.raw_metrics.append(metrics)
+    return step_loss
+
+
+def _clip_gradients(model: LogprobModel, max_norm: float) -> torch.Tensor:
+    """Clip to `max_norm`; returns the total norm before clipping (a plain tensor, also under FSDP)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if hasattr(grad_norm, "full_tensor"):
+        grad_norm = grad_norm.full_tensor()
+    return grad_norm
+
+
+def _batch_result(tally: _Tally, times: StepTimes, num_optimizer_steps: int, ctx: DistContext) -> BatchResult:
+    """Gather every rank's tally to rank 0 and combine them into the batch's figures there."""
+    gathered = gather_to_main((tally.raw_metrics, tally.num_tokens, times), ctx)
+    result = BatchResult(times=times, num_optimizer_steps=num_optimizer_steps)
     if gathered is None:
         return result
     all_metrics = [m for rank_metrics, _, _ in gathered for m in rank_metrics]
@@ -164,14 +210,26 @@ def train_on_batch(
         backward=max(t.backward for _, _, t in gathered),
         optimizer=max(t.optimizer for _, _, t in gathered),
     )
+    result.metrics = _metrics(tally, result.times, num_optimizer_steps, all_metrics, total_tokens)
+    return result
+
+
+def _metrics(
+    tally: _Tally,
+    times: StepTimes,
+    num_optimizer_steps: int,
+    all_metrics: list[dict[str, float]],
+    total_tokens: int,
+) -> dict[str, float]:
+    """The batch's `train/*` figures from every rank's raw micro-batch metrics."""
     combined = combine_metrics(all_metrics) if all_metrics else {}
-    compute_s = result.times.forward + result.times.backward + result.times.optimizer
-    result.metrics = {
-        "train/loss": sum(losses) / len(losses),
-        "train/grad_norm": sum(grad_norms) / len(grad_norms),
-        "train/grad_norm_max": max(grad_norms),
-        "train/lr": lrs[-1],
-        "train/num_optimizer_steps": float(len(plan)),
+    compute_s = times.forward + times.backward + times.optimizer
+    metrics = {
+        "train/loss": sum(tally.losses) / len(tally.losses),
+        "train/grad_norm": sum(tally.grad_norms) / len(tally.grad_norms),
+        "train/grad_norm_max": max(tally.grad_norms),
+        "train/lr": tally.lrs[-1],
+        "train/num_optimizer_steps": float(num_optimizer_steps),
         "train/num_loss_tokens": combined.get("num_tokens", 0.0),
         "train/num_tokens": float(total_tokens),
         "train/tokens_per_s": total_tokens / compute_s if compute_s > 0 else 0.0,
@@ -185,10 +243,10 @@ def train_on_batch(
         "train/rollout_mismatch": combined.get("rollout_mismatch_mean", 0.0),
     }
     if "dual_clip_fraction" in combined:
-        result.metrics["train/dual_clip_frac"] = combined["dual_clip_fraction"]
+        metrics["train/dual_clip_frac"] = combined["dual_clip_fraction"]
     if "tis_truncated_fraction" in combined:
-        result.metrics["train/tis_truncated_frac"] = combined["tis_truncated_fraction"]
-    return result
+        metrics["train/tis_truncated_frac"] = combined["tis_truncated_fraction"]
+    return metrics
 
 
 def _forward(

@@ -1,4 +1,4 @@
-"""`train(config, run_id, services)`: serve one run until it ends, calling the `setup_*` helpers and
+"""`train(config, run_id, links)`: serve one run until it ends, calling the `setup_*` helpers and
 then looping over the TrainBatches rank 0 reads.
 
 Per TrainBatch (all ranks unless noted): train (dapo_trainer.step) -> bump the version -> gather the
@@ -43,7 +43,7 @@ from dapo_trainer.model import LogprobModel, ModelInfo, load_model, read_model_i
 from dapo_trainer.optim import build_optimizer
 from dapo_trainer.publish import WeightOutlet, gather_full_state_dict
 from dapo_trainer.redis_io import RetryingRedis
-from dapo_trainer.step import train_on_batch
+from dapo_trainer.step import BatchResult, train_on_batch
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,9 @@ TERMINAL_STATUSES = ("stopped", "failed", "succeeded")
 
 
 @dataclass
-class Services:
-    """The process-wide pieces `train` uses; the Redis and gRPC ones exist on rank 0 only."""
+class TrainerLinks:
+    """The process-wide pieces `train` uses (its links to Redis, the weight outlet, the heartbeat); the
+    Redis and gRPC ones exist on rank 0 only."""
 
     ctx: DistContext
     redis: RetryingRedis | None
@@ -131,16 +132,16 @@ def setup_state(
     return state
 
 
-def setup_io(services: Services, run_id: str, state: TrainerState, config: RunConfig) -> RunIO | None:
-    if not services.ctx.is_main:
+def setup_io(links: TrainerLinks, run_id: str, state: TrainerState, config: RunConfig) -> RunIO | None:
+    if not links.ctx.is_main:
         return None
-    assert services.redis is not None
+    assert links.redis is not None
     if len(state.ledger):
         # The applied set mirrors the checkpointed ledger; a crash between XACK and SADD left it short.
-        services.redis.sadd(keys.applied_batches(run_id), *[e.batch_id for e in state.ledger.entries])
-    stream = BatchStream(services.redis, run_id, keep_acknowledged=config.services.redis_keep_applied_batches)
-    reporter = RunReporter(services.redis, run_id, StreamLimits.of(config.services))
-    return RunIO(services.redis, run_id, stream, reporter)
+        links.redis.sadd(keys.applied_batches(run_id), *[e.batch_id for e in state.ledger.entries])
+    stream = BatchStream(links.redis, run_id, keep_acknowledged=config.services.redis_keep_applied_batches)
+    reporter = RunReporter(links.redis, run_id, StreamLimits.of(config.services))
+    return RunIO(links.redis, run_id, stream, reporter)
 
 
 def resolve_weights_dtype(requested: str, info: ModelInfo) -> str:
@@ -161,7 +162,7 @@ class Run:
 
     run_id: str
     config: RunConfig
-    services: Services
+    links: TrainerLinks
     info: ModelInfo
     weights_dtype: str
     model: LogprobModel
@@ -172,7 +173,7 @@ class Run:
 
     @property
     def ctx(self) -> DistContext:
-        return self.services.ctx
+        return self.links.ctx
 
     def gather(self) -> dict[str, torch.Tensor]:
         return gather_full_state_dict(self.model, self.weights_dtype, self.info.tie_word_embeddings, self.ctx)
@@ -214,9 +215,9 @@ class Run:
         return found
 
 
-def train(config: RunConfig, run_id: str, services: Services) -> str:
+def train(config: RunConfig, run_id: str, links: TrainerLinks) -> str:
     """Serve run `run_id` until it ends; returns why it ended."""
-    ctx = services.ctx
+    ctx = links.ctx
     info = read_model_info(config.policy.model_name, config.policy.tokenizer.name)
     model = setup_model(config, info, ctx)
     optimizer, scheduler = build_optimizer(model, config.policy.optimizer, config.policy.scheduler)
@@ -224,22 +225,22 @@ def train(config: RunConfig, run_id: str, services: Services) -> str:
     run = Run(
         run_id=run_id,
         config=config,
-        services=services,
+        links=links,
         info=info,
-        weights_dtype=resolve_weights_dtype(services.weights_dtype, info),
+        weights_dtype=resolve_weights_dtype(links.weights_dtype, info),
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
         state=state,
-        io=setup_io(services, run_id, state, config),
+        io=setup_io(links, run_id, state, config),
     )
-    _set_heartbeat(services, run_id, state)
+    _set_heartbeat(links, run_id, state)
     # Announce the current version (0, or the restored one) and push it: versions count per run, so the
     # rollout servers may still serve another run's weights (or the on-disk model, run ""), whatever
     # their version number. A server that already serves this version acknowledges it without a reload.
     full = run.gather()
     if run.io is not None:
-        _publish(services, run.io, state.version, full)
+        _publish(links, run.io, state.version, full)
         run.io.reporter.event(
             "trainer_ready", f"trainer serves version {state.version} on {ctx.world_size} rank(s)"
         )
@@ -251,7 +252,7 @@ def train(config: RunConfig, run_id: str, services: Services) -> str:
     try:
         while True:
             command = broadcast(
-                _next_command(run.io, state, config, info, services, last_done) if run.io else None, ctx
+                _next_command(run.io, state, config, info, links, last_done) if run.io else None, ctx
             )
             if isinstance(command, Stop):
                 if run.io is not None and run.io.background is not None:
@@ -293,18 +294,11 @@ def apply_batch(run: Run, command: Apply) -> None:
     time_checkpoint = time.perf_counter() - t0
     if run.io is None:
         return
-    t0 = time.perf_counter()
-    io, background = run.io, run.io.background
-    if background is not None:
-        # Asynchronous run: the push goes on while the next batch trains (time/publish: the hand-off).
-        background.submit(lambda v, f: _publish(run.services, io, v, f), state.version, full)
-    else:
-        _publish(run.services, io, state.version, full)
-    time_publish = time.perf_counter() - t0
+    time_publish = _hand_off(run, run.io, full)
     del full
     if is_due or not config.checkpointing.enabled:
         _acknowledge(run.io)
-    _set_heartbeat(run.services, run.run_id, state)
+    _set_heartbeat(run.links, run.run_id, state)
     times = {
         "time/wait_data": command.wait_s,
         "time/forward": result.times.forward,
@@ -314,6 +308,35 @@ def apply_batch(run: Run, command: Apply) -> None:
         "time/publish": time_publish,
         "time/checkpoint": time_checkpoint,
     }
+    _report_step(run, run.io, batch, result, times, stepped=stepped, started_at=started_at)
+
+
+def _hand_off(run: Run, io: RunIO, full: dict[str, torch.Tensor]) -> float:
+    """Publish the new version (or, in an asynchronous run, hand it to the background publisher);
+    returns the seconds this took here."""
+    t0 = time.perf_counter()
+    background = io.background
+    if background is not None:
+        # Asynchronous run: the push goes on while the next batch trains (time/publish: the hand-off).
+        background.submit(lambda v, f: _publish(run.links, io, v, f), run.state.version, full)
+    else:
+        _publish(run.links, io, run.state.version, full)
+    return time.perf_counter() - t0
+
+
+def _report_step(
+    run: Run,
+    io: RunIO,
+    batch: TrainBatch,
+    result: BatchResult,
+    times: dict[str, float],
+    *,
+    stepped: float,
+    started_at: float,
+) -> None:
+    """Report the batch's metrics and timings (`stepped`: its last optimizer step, perf_counter;
+    `started_at`: its start, Unix s) for the new version."""
+    state, background = run.state, io.background
     record = {
         **result.metrics,
         **times,
@@ -328,7 +351,7 @@ def apply_batch(run: Run, command: Apply) -> None:
     }
     if background is not None and background.last_duration_s is not None:
         record["trainer/background_publish_s"] = background.last_duration_s  # the version before
-    run.io.reporter.step(batch.step, state.version, record)
+    io.reporter.step(batch.step, state.version, record)
     log.info(
         "batch %s (step %d) -> version %d: loss %.4g, %.2f s",
         batch.batch_id,
@@ -340,12 +363,12 @@ def apply_batch(run: Run, command: Apply) -> None:
 
 
 def _next_command(
-    io: RunIO, state: TrainerState, config: RunConfig, info: ModelInfo, services: Services, since: float
+    io: RunIO, state: TrainerState, config: RunConfig, info: ModelInfo, links: TrainerLinks, since: float
 ) -> Apply | Idle | Stop:
     """Rank 0: the next batch to apply, or Idle (nothing yet / a batch dealt with here), or Stop."""
-    entry = io.stream.read(block_ms=int(services.poll_interval_s * 1000))
+    entry = io.stream.read(block_ms=int(links.poll_interval_s * 1000))
     if entry is None:
-        reason = _stop_reason(io, state, config, services)
+        reason = _stop_reason(io, state, config, links)
         return Stop(reason) if reason else Idle()
     try:
         batch = decode_batch(
@@ -373,13 +396,13 @@ def _next_command(
     return Apply(batch, entry.entry_id, time.monotonic() - since)
 
 
-def _stop_reason(io: RunIO, state: TrainerState, config: RunConfig, services: Services) -> str | None:
+def _stop_reason(io: RunIO, state: TrainerState, config: RunConfig, links: TrainerLinks) -> str | None:
     status = io.redis.hget(keys.run_record(io.run_id), "status")
     if status is not None and status.decode() in TERMINAL_STATUSES:
         return f"run {status.decode()}"
-    if services.exit_when_done and state.version >= config.grpo.max_num_steps:
+    if links.exit_when_done and state.version >= config.grpo.max_num_steps:
         return f"applied grpo.max_num_steps ({config.grpo.max_num_steps}) batches"
-    if services.follow_assignment:
+    if links.follow_assignment:
         assigned = io.redis.hget(keys.trainer_assignment(), "run_id")
         if assigned is None or assigned.decode() != io.run_id:
             return "the trainer assignment moved to another run" if assigned else "the trainer was released"
@@ -404,14 +427,14 @@ def _reject(io: RunIO, entry_id: str, fields: dict[bytes, bytes], reason: str) -
     prom.REJECTED.inc()
 
 
-def _publish(services: Services, io: RunIO, version: int, full: dict[str, torch.Tensor]) -> None:
+def _publish(links: TrainerLinks, io: RunIO, version: int, full: dict[str, torch.Tensor]) -> None:
     """Fan `version` out and announce it once the fan-out is done: the policy-version key is what the
     controller waits for before it generates the next batch, so it must not run ahead of the servers
     (a sample from an older version would be dropped as stale). Asynchronous runs call this from the
     background publisher, off the step."""
-    assert services.outlet is not None
-    services.outlet.publish(version, full, run_id=io.run_id)
-    services.outlet.wait()
+    assert links.outlet is not None
+    links.outlet.publish(version, full, run_id=io.run_id)
+    links.outlet.wait()
     io.redis.set(keys.policy_version(io.run_id), str(version))
 
 
@@ -435,6 +458,6 @@ def _commit_final(run: Run) -> None:
         _acknowledge(run.io)
 
 
-def _set_heartbeat(services: Services, run_id: str | None, state: TrainerState) -> None:
-    if services.heartbeat is not None:
-        services.heartbeat.update(run_id=run_id, version=state.version, step=state.optimizer_step)  # type: ignore[attr-defined]
+def _set_heartbeat(links: TrainerLinks, run_id: str | None, state: TrainerState) -> None:
+    if links.heartbeat is not None:
+        links.heartbeat.update(run_id=run_id, version=state.version, step=state.optimizer_step)  # type: ignore[attr-defined]
