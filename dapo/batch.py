@@ -16,6 +16,8 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from dapo.safetensors_header import parse_header
+
 FORMAT_VERSION = "1"
 
 
@@ -177,6 +179,4 @@ class TrainBatch:
 
 
 def _read_metadata(payload: bytes) -> dict[str, str]:
-    header_len = int.from_bytes(payload[:8], "little")
-    header = json.loads(payload[8 : 8 + header_len])
-    return dict(header.get("__metadata__", {}))
+    return dict(parse_header(payload)[0].get("__metadata__", {}))

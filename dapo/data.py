@@ -5,7 +5,8 @@ Formats (`format="auto"` picks one from the keys of the first row):
   {"ground_truth": ...}}` (a plain-string `prompt` is taken as one user message); NeMo's
   `{"problem": ..., "expected_answer": ...}` rows are read under this format too.
 - `gsm8k`: `{"question", "answer"}` where the answer is a worked solution ending in `#### <number>`;
-  the ground truth is that number with thousands separators removed.
+  the ground truth is that number with thousands separators removed (`gsm8k_final_answer`, which the
+  reward service also applies to a ground truth still holding a `####`).
 - `math`: `{"problem", "answer"}` (MATH, MATH-500); the answer is kept as written (LaTeX).
 
 Every row becomes a `PromptRow(id, messages, ground_truth)`. Ids come from the row's `id` or
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 
 RowFormat = Literal["auto", "verl", "gsm8k", "math"]
 FORMATS = ("auto", "verl", "gsm8k", "math")
-_GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
+GSM8K_MARKER = "####"
+_GROUPED_NUMBER = re.compile(r"^-?\d{1,3}(,\d{3})+(\.\d*)?$")
 
 
 @dataclass(frozen=True)
@@ -120,12 +122,24 @@ def detect_format(record: dict[str, Any]) -> Literal["verl", "gsm8k", "math"]:
     )
 
 
-def gsm8k_final_answer(answer: str) -> str:
-    """The number after `####` in a GSM8K solution, without thousands separators."""
-    match = _GSM8K_ANSWER.search(answer)
-    if match is None:
-        raise ValueError("answer has no final '#### <number>' line")
-    return match.group(1).replace(",", "").strip()
+class NoFinalAnswer(ValueError):
+    """A GSM8K solution without a final `#### <answer>`."""
+
+
+def without_thousands_separators(answer: str) -> str:
+    """`1,234,567.5` -> `1234567.5`; anything but a number written in groups of three is kept as is
+    (`2,1` may be a list of two roots)."""
+    return answer.replace(",", "") if _GROUPED_NUMBER.match(answer) else answer
+
+
+def gsm8k_final_answer(solution: str) -> str:
+    """The final answer of a GSM8K solution: the text after its last `####`, stripped, without thousands
+    separators. NoFinalAnswer (a ValueError) when there is no `####` or nothing after it."""
+    _, marker, answer = solution.rpartition(GSM8K_MARKER)
+    answer = answer.strip()
+    if not marker or not answer:
+        raise NoFinalAnswer("answer has no final '#### <number>' line")
+    return without_thousands_separators(answer)
 
 
 def apply_template(template: str | None, question: str) -> str:

@@ -59,6 +59,11 @@ def controller_state(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:loop"
 
 
+def validated_steps(run_id: str) -> str:
+    """Set of the steps whose validation the controller loop has recorded (a resumed loop skips them)."""
+    return f"{PREFIX}:run:{run_id}:loop:validated"
+
+
 def trainer_assignment() -> str:
     """Hash: the run the trainer pool should serve now (`run_id`, `config` JSON)."""
     return f"{PREFIX}:trainer:assignment"

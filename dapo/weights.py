@@ -14,15 +14,15 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from dapo.dtypes import DTYPES, name_of, torch_dtype
 from dapo.v1 import weights_pb2
 
 if TYPE_CHECKING:
     import torch
 
 DEFAULT_CHUNK_BYTES = 4 << 20
-ITEM_SIZES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8, "int64": 8, "int32": 4, "uint8": 1}
 
 
 class WeightUpdateError(ValueError):
@@ -140,9 +140,9 @@ class WeightAssembler:
             shape = tuple(int(d) for d in spec.shape)
             if spec.name in specs:
                 raise WeightUpdateError(f"tensor '{spec.name}': named twice in the manifest")
-            if spec.dtype not in ITEM_SIZES:
+            if spec.dtype not in DTYPES:
                 raise WeightUpdateError(f"tensor '{spec.name}': unsupported dtype '{spec.dtype}'")
-            if any(d < 0 for d in shape) or numel(shape) * ITEM_SIZES[spec.dtype] != spec.num_bytes:
+            if any(d < 0 for d in shape) or numel(shape) * DTYPES[spec.dtype].item_size != spec.num_bytes:
                 raise WeightUpdateError(
                     f"tensor '{spec.name}': {spec.num_bytes} bytes do not fit shape {list(shape)} of {spec.dtype}"
                 )
@@ -223,32 +223,19 @@ class WeightAssembler:
 # --- torch helpers (lazy import) -------------------------------------------------------------------
 
 
-def _torch_dtypes() -> dict[str, Any]:
-    import torch
-
-    return {
-        "float32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "float16": torch.float16,
-        "float64": torch.float64,
-        "int64": torch.int64,
-        "int32": torch.int32,
-        "uint8": torch.uint8,
-    }
-
-
 def tensors_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> list[TensorBytes]:
     """Raw bytes of each tensor (moved to CPU, made contiguous), without a further copy."""
     import torch
 
-    names = {v: k for k, v in _torch_dtypes().items()}
     out = []
     for name, tensor in state_dict.items():
         t = tensor.detach().to("cpu").contiguous()
-        if t.dtype not in names:
-            raise WeightUpdateError(f"tensor '{name}': unsupported dtype {t.dtype}")
+        try:
+            dtype = name_of(t.dtype)
+        except ValueError:
+            raise WeightUpdateError(f"tensor '{name}': unsupported dtype {t.dtype}") from None
         raw = t.reshape(-1).view(torch.uint8).numpy()
-        out.append(TensorBytes(name, names[t.dtype], tuple(t.shape), memoryview(raw.data)))
+        out.append(TensorBytes(name, dtype, tuple(t.shape), memoryview(raw.data)))
     return out
 
 
@@ -256,11 +243,10 @@ def state_dict_from_tensors(tensors: Mapping[str, TensorBytes]) -> dict[str, tor
     """Torch tensors viewing the received bytes (no copy)."""
     import torch
 
-    dtypes = _torch_dtypes()
     out = {}
     for name, t in tensors.items():
         flat = (
             torch.frombuffer(t.data, dtype=torch.uint8) if t.num_bytes else torch.zeros(0, dtype=torch.uint8)
         )
-        out[name] = flat.view(dtypes[t.dtype]).reshape(t.shape)
+        out[name] = flat.view(torch_dtype(t.dtype)).reshape(t.shape)
     return out

@@ -49,10 +49,12 @@ class StagingOnlyEngine:
 
     async def apply_weights(self, version: int, weights_dir: str, run_id: str = "") -> None:
         if self.record_dir is not None:
-            from dapo_rollout.weight_update import STAGED_FILE, read_safetensors_header
+            from dapo_rollout.weight_update import STAGED_FILE
+
+            from dapo.safetensors_header import read_header
 
             path = Path(weights_dir) / STAGED_FILE
-            header, start = read_safetensors_header(path)
+            header, start = read_header(path)
             data = path.read_bytes()
             crcs = {
                 name: zlib.crc32(data[start + entry["data_offsets"][0] : start + entry["data_offsets"][1]])

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from dapo.records import VerifierName
+
 # Subtrees (or leaves) dropped with a warning: they tune speed, memory or other backends only.
 IGNORED: tuple[str, ...] = (
     "policy.megatron_cfg",
@@ -196,7 +198,8 @@ _OPTIMIZER_SPEED_KWARGS = (
 )
 # NeMo RL datasets that never split off a validation set (their split_validation_size is unused).
 _UNSPLIT_DATASETS = ("DAPOMath17K", "DAPOMathAIME2024")
-_VERIFIERS = {"hf_math_verify": "math_verify", "dapo_math_verify": "dapo"}
+# NeMo RL's env.math.math_verify_impl -> our env.math.verifier (dapo.records.VERIFIERS).
+_VERIFIERS: dict[str, VerifierName] = {"hf_math_verify": "math_verify", "dapo_math_verify": "dapo"}
 
 
 class NemoKeyError(ValueError):

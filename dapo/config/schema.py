@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 from dapo.auth import redact_url
+from dapo.dtypes import ServedDType, TrainPrecision
+from dapo.records import VerifierName
 
 
 class ConfigWarning(UserWarning):
@@ -96,7 +98,7 @@ class VllmConfig(Section):
     """Fraction of each GPU's memory the rollout engine may take."""
     max_model_len: int | None = Field(None, ge=16)
     """Prompt plus answer tokens in the engine; default `policy.max_total_sequence_length`."""
-    precision: Literal["float32", "bfloat16", "float16"] | None = None
+    precision: ServedDType | None = None
     """Engine dtype; default float32 on CPU, the model's own on GPU."""
     enforce_eager: bool | None = None
     """Run without CUDA graphs; default: the engine's choice (always eager on CPU)."""
@@ -146,7 +148,7 @@ class PolicyConfig(Section):
     """Sequences per forward/backward pass on one rank."""
     max_tokens_per_microbatch: int | None = Field(None, ge=1)
     """Token budget per micro-batch; when set, micro-batches are packed by tokens instead of count."""
-    precision: Literal["float32", "bfloat16"] = "bfloat16"
+    precision: TrainPrecision = "bfloat16"
     """Parameter dtype in forward/backward (gradients are reduced in float32)."""
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Gradient clipping by global norm; null disables it."""
@@ -409,7 +411,7 @@ class MathVerifyConfig(Section):
 
 
 class MathEnvConfig(Section):
-    verifier: Literal["math_verify", "dapo", "dapo_boxed"] = "math_verify"
+    verifier: VerifierName = "math_verify"
     """Answer checker: math-verify, DAPO's `Answer:` rule, or DAPO's strict last-\\boxed{} rule."""
     timeout: int = Field(5, ge=1, le=300)
     """Seconds allowed to verify one item (whole seconds: math-verify needs an int)."""

@@ -29,13 +29,13 @@ import httpx
 import pytest
 
 from dapo import keys
+from dapo.records import TERMINAL_STATUSES
 from tests.e2e.docker_stack import ROOT, ComposeStack, DockerEngine, DockerUnavailable, image_env
 
 # The first test also builds the images and starts the stack (a cold build takes 10-20 minutes here).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 NUM_STEPS = 20
-TERMINAL = ("succeeded", "failed", "stopped")
 MIN_GAIN = 10.0  # held-out points after 20 steps; measured +26 to +32 on the shipped model (test_learning)
 STEP_OVERRIDES = [
     f"grpo.max_num_steps={NUM_STEPS}",
@@ -154,7 +154,7 @@ def test_run_learns_through_trainer_kill_rollout_and_redis_restarts(stack: Compo
     stack.compose("restart", "redis", timeout=120)
     assert stack.container_pid("redis") != redis_pid
 
-    wait_for(lambda: run_record(stack, run_id)["status"] in TERMINAL, 900, "the run to end")
+    wait_for(lambda: run_record(stack, run_id)["status"] in TERMINAL_STATUSES, 900, "the run to end")
     record = run_record(stack, run_id)
     print(f"run with three faults: {time.monotonic() - started:.0f} s, {record}")
     assert record["status"] == "succeeded", (record, stack.logs())
@@ -193,7 +193,7 @@ def test_a_trainer_that_never_comes_back_fails_the_run(stack: ComposeStack) -> N
     wait_for(lambda: int(run_record(stack, run_id).get("policy_version") or 0) >= 1, 300, "version 1")
     stack.compose("stop", "trainer", timeout=120)
     try:
-        wait_for(lambda: run_record(stack, run_id)["status"] in TERMINAL, 120, "the run to fail")
+        wait_for(lambda: run_record(stack, run_id)["status"] in TERMINAL_STATUSES, 120, "the run to fail")
         record = run_record(stack, run_id)
         assert record["status"] == "failed", record
         assert "trainer" in record["error"], record
@@ -205,7 +205,7 @@ def test_a_trainer_that_raises_fails_the_run_with_its_error(stack: ComposeStack)
     """The trainer cannot write its checkpoint (a file stands where the directory should be): the run
     fails with the trainer's exception, instead of staying "running" while the container restarts."""
     run_id = submit(stack, ["checkpointing.checkpoint_dir=/etc/hostname/ckpt", "checkpointing.save_period=1"])
-    wait_for(lambda: run_record(stack, run_id)["status"] in TERMINAL, 300, "the run to fail")
+    wait_for(lambda: run_record(stack, run_id)["status"] in TERMINAL_STATUSES, 300, "the run to fail")
     record = run_record(stack, run_id)
     assert record["status"] == "failed" and "NotADirectoryError" in record["error"], record
     assert "the trainer (rank 0) raised" in record["error"], record

@@ -14,13 +14,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sse_starlette.sse import EventSourceResponse
 
 from dapo.config import ConfigError, apply_overrides, parse_config
-from dapo_controller.models import (
-    TERMINAL,
-    CreateRunRequest,
-    RunRecord,
-    RunStatus,
-    ValidationErrorResponse,
-)
+from dapo.records import RunStatus, is_terminal
+from dapo_controller.models import CreateRunRequest, RunRecord, ValidationErrorResponse
 from dapo_controller.store import RunStore
 
 router = APIRouter(prefix="/v1", tags=["runs"])
@@ -178,7 +173,7 @@ async def follow_run(
                 yield {"event": "status", "id": f"{events_id}|{metrics_id}", "data": run.model_dump_json()}
             # A live run: wait for news. An ended run: wait only for the writes that trail its final
             # status (the closing event), then close.
-            is_over = run.status in TERMINAL
+            is_over = is_terminal(run.status)
             entries = await store.follow(
                 run_id, events_id, metrics_id, block_ms=TRAILING_WRITES_MS if is_over else LIVE_WAIT_MS
             )

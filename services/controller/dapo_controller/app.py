@@ -29,6 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dapo import __version__, auth, keys
+from dapo.records import RUN_STATUSES
 from dapo_controller import api, dashboard
 from dapo_controller.settings import ControllerSettings
 from dapo_controller.store import RunStore
@@ -161,7 +162,7 @@ def _add_metrics(app: FastAPI) -> None:
     @app.get("/metrics", tags=["health"], include_in_schema=False)
     async def prometheus(request: Request) -> Response:
         runs = await request.app.state.store.list_runs()
-        for status in ("pending", "running", "succeeded", "failed", "stopped"):
+        for status in RUN_STATUSES:
             metrics["runs"].labels(status).set(sum(r.status == status for r in runs))  # type: ignore[attr-defined]
         active = [r for r in runs if r.status == "running"]
         if active:

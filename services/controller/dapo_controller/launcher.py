@@ -43,9 +43,9 @@ from dapo import auth, keys
 from dapo.config import ConfigError, RunConfig, load_config
 from dapo.hub import NotInCacheError, resolve_model_dir
 from dapo.local_redis import RedisServer, free_port
+from dapo.records import event_entry, is_terminal
 from dapo_controller.cpu_sets import CpuPlan, cpu_list, plan_cpu_sets
 
-TERMINAL = {"succeeded", "failed", "stopped"}
 ROLLOUT_CPU_NICE = 10
 RECORD_GONE_GRACE_S = 60.0
 """How long `follow` waits for the controller to write back the record of a run Redis lost."""
@@ -467,7 +467,7 @@ class Launcher:
         try:
             client.xadd(
                 keys.events_stream(self.run_id),
-                {"data": json.dumps({"kind": kind, "message": message, "time": time.time()})},
+                event_entry(kind, message),
                 maxlen=self.config.services.redis_events_maxlen,
                 approximate=False,
             )
@@ -553,7 +553,7 @@ class Launcher:
                 progress.update(
                     task, completed=min(done, total), info=self._progress_info(latest, run["status"])
                 )
-                if run["status"] in TERMINAL:
+                if is_terminal(run["status"]):
                     return run
                 time.sleep(1.0)
 

@@ -38,6 +38,7 @@ from dapo.config import RunConfig, parse_config
 from dapo.config.schema import MathEnvConfig
 from dapo.data import PromptCursor, PromptRow, load_from_config
 from dapo.prompts import render_text
+from dapo.records import RunStatus
 from dapo.stream_limits import StreamLimits
 from dapo.v1 import reward_pb2, reward_pb2_grpc, rollout_pb2
 from dapo_controller.groups import (
@@ -163,8 +164,9 @@ class RunLoop:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    async def run(self) -> str:
-        """Drive the run to its end; return the final status (succeeded, failed or stopped)."""
+    async def run(self) -> RunStatus:
+        """Drive the run to its end; return the final status (one of TERMINAL_STATUSES)."""
+        status: RunStatus
         try:
             await self._setup()
             await self._train()
@@ -265,9 +267,7 @@ class RunLoop:
     async def _train(self) -> None:
         cfg = self.config
         step, cursor = await self._load_state()
-        validated = {
-            int(x) for x in await self.redis.smembers(keys.controller_state(self.run_id) + ":validated")
-        }
+        validated = {int(x) for x in await self.redis.smembers(keys.validated_steps(self.run_id))}
         while step < cfg.grpo.max_num_steps and not epochs_done(cursor, cfg.grpo.max_num_epochs):
             await self._check_stop()
             min_version = max(0, step - cfg.grpo.max_staleness)
@@ -485,7 +485,7 @@ class RunLoop:
             "time/validation": time.monotonic() - t0,
         }
         await self.store.add_metrics(self.run_id, metrics)
-        await self.redis.sadd(keys.controller_state(self.run_id) + ":validated", step)
+        await self.redis.sadd(keys.validated_steps(self.run_id), step)
 
     # --- waiting, with deadlines -------------------------------------------------------------------
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RunStatus = Literal["pending", "running", "succeeded", "failed", "stopped"]
-TERMINAL = ("succeeded", "failed", "stopped")
+from dapo.records import RunStatus
 
 
 class RunRecord(BaseModel):

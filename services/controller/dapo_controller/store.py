@@ -15,14 +15,15 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, get_args
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from dapo import keys
 from dapo.config import RunConfig
+from dapo.records import RUN_STATUSES, TERMINAL_STATUSES, event_entry, stream_entry
 from dapo.stream_limits import StreamLimits
-from dapo_controller.models import TERMINAL, RunRecord, RunStatus
+from dapo_controller.models import RunRecord
 
 _JSON_FIELDS = ("config", "latest_metrics")
 UPDATABLE_FIELDS = frozenset(
@@ -41,7 +42,7 @@ UPDATABLE_FIELDS = frozenset(
 # Fields that describe how a run ended: written once, together with the terminal status.
 _FINAL_FIELDS = ("status", "error", "finished_at")
 
-_TERMINAL_LUA = " or ".join(f"status == '{s}'" for s in TERMINAL)
+_TERMINAL_LUA = " or ".join(f"status == '{s}'" for s in TERMINAL_STATUSES)
 
 # KEYS[1]: record hash; ARGV: field, value, field, value, ...  Returns -1 for an unknown run, else
 # the number of fields written (the final fields of a terminal run are skipped).
@@ -94,7 +95,7 @@ def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
 def _encode(name: str, value: Any) -> str | int | float:
     if name not in UPDATABLE_FIELDS:
         raise ValueError(f"a run record has no updatable field {name!r}")
-    if name == "status" and value not in get_args(RunStatus):
+    if name == "status" and value not in RUN_STATUSES:
         raise ValueError(f"unknown run status {value!r}")
     if name in _JSON_FIELDS:
         return json.dumps(value)
@@ -218,11 +219,11 @@ class RunStore:
         return await self.get_run(run_id)
 
     async def add_event(self, run_id: str, kind: str, message: str, **extra: Any) -> str:
-        """Append an event {"kind", "message", "time", **extra}; returns its stream id."""
-        data = {"kind": kind, "message": message, "time": time.time(), **extra}
+        """Append an event {"kind", "message", "time", **extra} (dapo.records.run_event); returns its
+        stream id."""
         entry = await self.redis.xadd(
             keys.events_stream(run_id),
-            {"data": json.dumps(data)},
+            event_entry(kind, message, **extra),
             maxlen=self._limits(run_id).events_maxlen,
             approximate=False,
         )
@@ -235,7 +236,7 @@ class RunStore:
             raise ValueError("a metrics record needs 'step' and 'source'")
         await self.redis.xadd(
             keys.metrics_stream(run_id),
-            {"data": json.dumps(record)},
+            stream_entry(record),
             maxlen=self._limits(run_id).metrics_maxlen,
             approximate=False,
         )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from dapo.data import GSM8K_MARKER, gsm8k_final_answer, without_thousands_separators
+
 TAIL_CHARS = 300  # the answer line is looked for in the tail of the response
 
 SUBSTITUTIONS = [
@@ -66,7 +68,6 @@ REMOVED = [
     "\\dots",
 ]
 _ANSWER = re.compile(r"Answer\s*:\s*([^\n]*)", re.IGNORECASE)
-_THOUSANDS = re.compile(r"^-?\d{1,3}(,\d{3})+(\.\d*)?$")
 
 
 def normalize_answer(answer: str) -> str:
@@ -83,10 +84,7 @@ def normalize_answer(answer: str) -> str:
     answer = re.sub(r"(\\boxed\{)(.*)(\})", r"\2", answer)
     answer = re.sub(r"(frac)([^{])(.)", r"frac{\2}{\3}", answer)  # \frac12 -> \frac{1}{2}
     answer = re.sub(r"(sqrt)([^{])", r"sqrt{\2}", answer)  # \sqrt2 -> \sqrt{2}
-    answer = answer.replace("$", "").strip()
-    if _THOUSANDS.match(answer):
-        answer = answer.replace(",", "")
-    return answer
+    return without_thousands_separators(answer.replace("$", "").strip())
 
 
 def last_answer_line(response: str) -> str | None:
@@ -113,9 +111,10 @@ def last_boxed(text: str) -> str | None:
 
 
 def gold_answer(ground_truth: str) -> str:
-    """The gold answer: after GSM8K's `####`, inside a \\boxed{}, or as given."""
-    if "####" in ground_truth:
-        return ground_truth.rsplit("####", 1)[1].strip()
+    """The gold answer: GSM8K's final answer (after the last `####`), inside a \\boxed{}, or as given.
+    NoFinalAnswer for a `####` with nothing after it."""
+    if GSM8K_MARKER in ground_truth:
+        return gsm8k_final_answer(ground_truth)
     boxed = last_boxed(ground_truth)
     return boxed if boxed is not None else ground_truth.strip()
 

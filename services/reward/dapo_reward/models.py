@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from dapo.config.schema import MathVerifyConfig
+from dapo.records import VerifierName
 from dapo_reward.scoring import MAX_ITEMS
 
 
@@ -21,7 +22,7 @@ class ScoreItemModel(BaseModel):
 class ScoreRequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    verifier: Literal["math_verify", "dapo", "dapo_boxed"] = "math_verify"
+    verifier: VerifierName = "math_verify"
     binary: bool = False
     items: list[ScoreItemModel] = Field(max_length=MAX_ITEMS)
     math_verify: MathVerifyConfig | None = None

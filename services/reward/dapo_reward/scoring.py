@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from dapo.config.schema import MathVerifyConfig
+from dapo.records import VERIFIERS
 from dapo_reward.pool import Options, Verdict, WorkerPool
-from dapo_reward.verifiers import VERIFIERS
 
 MAX_ITEMS = 100_000
 ERRORS = ("timeout", "too_large", "unparsable_gold", "crash")

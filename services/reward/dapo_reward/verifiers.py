@@ -14,13 +14,12 @@ bounded length.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
-from dapo_reward.dapo_rule import dapo_verify, gold_answer
+from dapo.data import GSM8K_MARKER, NoFinalAnswer, gsm8k_final_answer
+from dapo_reward.dapo_rule import dapo_verify
 from dapo_reward.final_answer import final_answer_text, normalize_constants
 
-Verifier = Literal["math_verify", "dapo", "dapo_boxed"]
-VERIFIERS = ("math_verify", "dapo", "dapo_boxed")
 MAX_EXTRACTED_CHARS = 200
 # verify()'s keyword arguments among the grading options; `string_comparison` is ours.
 VERIFY_OPTIONS = ("float_rounding", "numeric_precision", "strict", "allow_set_relation_comp")
@@ -39,7 +38,9 @@ def parse_gold(ground_truth: str, timeout_s: int, string_comparison: bool = Fals
     math-verify matched, which it also compares as a string), or on request the text alone."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
-    text = normalize_constants(gold_answer(ground_truth) if "####" in ground_truth else ground_truth.strip())
+    text = normalize_constants(
+        gsm8k_final_answer(ground_truth) if GSM8K_MARKER in ground_truth else ground_truth.strip()
+    )
     if _is_delimited(text):
         attempts = [(text, [LatexExtractionConfig(), ExprExtractionConfig()])]
     else:
@@ -95,7 +96,7 @@ def verify_item(
             extracted = extracted[:MAX_EXTRACTED_CHARS]
         else:
             raise ValueError(f"unknown verifier {verifier!r}")
-    except UnparsableGold:
+    except (UnparsableGold, NoFinalAnswer):
         return False, "", "unparsable_gold"
     except (RecursionError, MemoryError, OverflowError, ValueError, TypeError):
         return False, "", "crash"

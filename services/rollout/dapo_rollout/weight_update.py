@@ -13,12 +13,10 @@ one update at a time and hands a fully verified directory to the engine.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import mmap
 import os
 import shutil
-import struct
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -28,8 +26,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
+from dapo.dtypes import DTYPES, from_safetensors, item_size, safetensors_code
+from dapo.safetensors_header import encode_header, read_header
 from dapo.v1 import weights_pb2
-from dapo.weights import ITEM_SIZES, WeightAssembler, WeightUpdateError, numel
+from dapo.weights import WeightAssembler, WeightUpdateError, numel
 from dapo_rollout.relay import Downstream, error_text, report_to_publisher, resume_frames
 
 if TYPE_CHECKING:
@@ -39,16 +39,6 @@ log = logging.getLogger(__name__)
 
 ExpectedSpecs = dict[str, tuple[str, tuple[int, ...]]]
 
-SAFETENSORS_DTYPES = {
-    "float32": "F32",
-    "bfloat16": "BF16",
-    "float16": "F16",
-    "float64": "F64",
-    "int64": "I64",
-    "int32": "I32",
-    "uint8": "U8",
-}
-DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 STAGED_FILE = "model.safetensors"
 
 
@@ -74,21 +64,16 @@ def expected_specs_from_dir(model_dir: str | Path, dtype: str | None = None) -> 
     if files:
         specs: ExpectedSpecs = {}
         for path in files:
-            for name, entry in read_safetensors_header(path)[0].items():
+            for name, entry in read_header(path)[0].items():
                 if name == "__metadata__":
                     continue
-                if entry["dtype"] not in DTYPE_NAMES:
-                    raise ValueError(f"{path}: tensor '{name}' has unsupported dtype {entry['dtype']}")
-                specs[name] = (DTYPE_NAMES[entry["dtype"]], tuple(int(d) for d in entry["shape"]))
+                try:
+                    dtype_name = from_safetensors(entry["dtype"])
+                except ValueError as exc:
+                    raise ValueError(f"{path}: tensor '{name}': {exc}") from None
+                specs[name] = (dtype_name, tuple(int(d) for d in entry["shape"]))
         return specs
     return _expected_specs_from_config(model_dir, dtype)
-
-
-def read_safetensors_header(path: Path) -> tuple[dict, int]:
-    """A safetensors file's header (name -> dtype, shape, data offsets) and where its data section starts."""
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(length)), 8 + length
 
 
 def _expected_specs_from_config(model_dir: Path, dtype: str | None) -> ExpectedSpecs:
@@ -99,8 +84,8 @@ def _expected_specs_from_config(model_dir: Path, dtype: str | None) -> ExpectedS
     config_dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if dtype is None or dtype == "auto":
         dtype = str(config_dtype).removeprefix("torch.") if config_dtype is not None else "float32"
-    if dtype not in SAFETENSORS_DTYPES:
-        raise ValueError(f"--dtype {dtype}: expected one of {', '.join(SAFETENSORS_DTYPES)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     specs = {name: (dtype, tuple(t.shape)) for name, t in model.state_dict().items()}
@@ -129,17 +114,15 @@ class StagingFile:
         header: dict[str, object] = {"__metadata__": {"format": "pt"}}
         offset = 0
         for name, (dtype, shape) in expected.items():
-            num_bytes = ITEM_SIZES[dtype] * numel(shape)
+            num_bytes = item_size(dtype) * numel(shape)
             header[name] = {
-                "dtype": SAFETENSORS_DTYPES[dtype],
+                "dtype": safetensors_code(dtype),
                 "shape": [int(d) for d in shape],
                 "data_offsets": [offset, offset + num_bytes],
             }
             self.offsets[name] = (offset, num_bytes)
             offset += num_bytes
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-        self._header = struct.pack("<Q", len(raw)) + raw
+        self._header = encode_header(header)
         self.size = len(self._header) + offset
         self.directory: str | None = None
         self._map: mmap.mmap | None = None

@@ -19,9 +19,10 @@ def mapped_tensors(path: Path) -> Iterator[tuple[str, Any]]:
     """Yield (name, tensor) for a safetensors file, each tensor a view of one shared memory mapping."""
     import torch
 
-    from dapo_rollout.weight_update import DTYPE_NAMES, read_safetensors_header
+    from dapo.dtypes import from_safetensors, torch_dtype
+    from dapo.safetensors_header import read_header
 
-    header, data_start = read_safetensors_header(path)
+    header, data_start = read_header(path)
     with open(path, "r+b") as f:
         # Shared, not private: populating a private writable mapping would copy every page. The staged file
         # is scratch once loaded, so a loader writing into its input could do no harm.
@@ -31,7 +32,7 @@ def mapped_tensors(path: Path) -> Iterator[tuple[str, Any]]:
         if name == "__metadata__":
             continue
         begin, end = (data_start + int(o) for o in entry["data_offsets"])
-        dtype = getattr(torch, DTYPE_NAMES[entry["dtype"]])
+        dtype = torch_dtype(from_safetensors(entry["dtype"]))
         shape = [int(d) for d in entry["shape"]]
         if end == begin:  # torch.frombuffer refuses a count of 0
             yield name, torch.empty(shape, dtype=dtype)

@@ -17,16 +17,16 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from dapo.dtypes import TRAIN_PRECISIONS, torch_dtype
 from dapo_trainer.distributed import DistContext, broadcast
 from dapo_trainer.model import LogprobModel
-
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def shard_model(model: LogprobModel, precision: str, ctx: DistContext) -> LogprobModel:
     """Shard `model` in place over all ranks; returns it (now an FSDPModule)."""
     mesh = init_device_mesh(ctx.device.type, (ctx.world_size,), mesh_dim_names=("dp",))
-    policy = MixedPrecisionPolicy(param_dtype=PRECISIONS[precision], reduce_dtype=torch.float32)
+    assert precision in TRAIN_PRECISIONS, precision  # the config schema allows no other
+    policy = MixedPrecisionPolicy(param_dtype=torch_dtype(precision), reduce_dtype=torch.float32)
     layers = list(model.decoder_layers)
     for index, layer in enumerate(layers):
         # The last layer's parameters are needed again at once by backward: keep them gathered.

@@ -14,6 +14,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+from dapo.dtypes import SERVED_DTYPES
+
 
 @dataclass(frozen=True)
 class TrainerOptions:
@@ -46,7 +48,7 @@ def parse_args(argv: list[str]) -> TrainerOptions:
     parser.add_argument(
         "--weights-dtype",
         default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
+        choices=["auto", *SERVED_DTYPES],
         help="dtype of published weights and HF exports; auto = the model directory's dtype "
         "(what the rollout engine loads with dtype=auto)",
     )

@@ -9,15 +9,14 @@ JSON {"kind", "message", "time", ...}. Both streams are capped (XADD MAXLEN) at 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from dapo import keys
+from dapo.records import event_entry, stream_entry
 from dapo.stream_limits import StreamLimits
 from dapo_trainer.redis_io import RetryingRedis
 
@@ -58,10 +57,9 @@ class RunReporter:
         self.limits = limits or StreamLimits()
 
     def event(self, kind: str, message: str, **extra: Any) -> None:
-        record = {"kind": kind, "message": message, "time": time.time(), "source": "trainer", **extra}
         self.redis.xadd(
             keys.events_stream(self.run_id),
-            {"data": json.dumps(record)},
+            event_entry(kind, message, source="trainer", **extra),
             maxlen=self.limits.events_maxlen,
             approximate=False,
         )
@@ -71,7 +69,7 @@ class RunReporter:
         record.update({k: (v if math.isfinite(v) else None) for k, v in metrics.items()})
         self.redis.xadd(
             keys.metrics_stream(self.run_id),
-            {"data": json.dumps(record)},
+            stream_entry(record),
             maxlen=self.limits.metrics_maxlen,
             approximate=False,
         )

@@ -24,6 +24,7 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from dapo import keys
+from dapo.dtypes import SERVED_DTYPES, torch_dtype
 from dapo.weights import tensors_from_state_dict
 from dapo_trainer.distributed import DistContext
 from dapo_trainer.model import WRAPPER_PREFIX
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
     from dapo.weight_publisher import EncodedVersion
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def gather_full_state_dict(
@@ -50,7 +49,8 @@ def gather_full_state_dict(
     from torch.distributed.tensor import DTensor
 
     sharded = get_model_state_dict(model, options=StateDictOptions(full_state_dict=False))
-    target = DTYPES[dtype]
+    assert dtype in SERVED_DTYPES, dtype  # resolve_weights_dtype checked it
+    target = torch_dtype(dtype)
     out: dict[str, torch.Tensor] = {}
     for name, value in sharded.items():
         assert isinstance(value, torch.Tensor), name

@@ -26,13 +26,14 @@ import redis as redis_lib
 
 from dapo import auth, keys
 from dapo.config import RunConfig, load_config
+from dapo.records import TERMINAL_STATUSES, event_entry
 from dapo.stream_limits import StreamLimits
 from dapo_trainer.distributed import DistContext, broadcast, setup_distributed, teardown_distributed
 from dapo_trainer.main import TrainerOptions
 from dapo_trainer.metrics import PUSH_FAILURES, RunReporter, start_metrics_server
 from dapo_trainer.publish import WeightOutlet
 from dapo_trainer.redis_io import RedisUnavailable, RetryingRedis
-from dapo_trainer.train import TERMINAL_STATUSES, TrainerLinks, train
+from dapo_trainer.train import TrainerLinks, train
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,6 @@ def report_trainer_error(redis_url: str, run_id: str, rank: int, exc: BaseExcept
     message = f"{type(exc).__name__}: {exc}"
     log.error("run %s: rank %d raised %s", run_id, rank, message)
     record = {"message": message, "rank": str(rank), "time": str(time.time()), "pid": str(os.getpid())}
-    event = {"kind": "trainer_error", "message": f"trainer rank {rank} raised {message}", "time": time.time()}
     client = redis_lib.Redis.from_url(
         redis_url, socket_timeout=5.0, socket_connect_timeout=5.0, **auth.redis_options(redis_url)
     )
@@ -233,7 +233,7 @@ def report_trainer_error(redis_url: str, run_id: str, rank: int, exc: BaseExcept
             pipe.hset(keys.trainer_error(run_id), mapping=record)
             pipe.xadd(
                 keys.events_stream(run_id),
-                {"data": json.dumps({**event, "source": "trainer"})},
+                event_entry("trainer_error", f"trainer rank {rank} raised {message}", source="trainer"),
                 maxlen=StreamLimits().events_maxlen,  # the run's config may be what failed
                 approximate=False,
             )

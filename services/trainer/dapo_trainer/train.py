@@ -24,6 +24,8 @@ import torch
 from dapo import keys
 from dapo.batch import BatchFormatError, TrainBatch
 from dapo.config import RunConfig
+from dapo.dtypes import SERVED_DTYPES
+from dapo.records import TERMINAL_STATUSES
 from dapo.stream_limits import StreamLimits
 from dapo_trainer import metrics as prom
 from dapo_trainer.background_publish import BackgroundPublisher
@@ -46,8 +48,6 @@ from dapo_trainer.redis_io import RetryingRedis
 from dapo_trainer.step import BatchResult, train_on_batch
 
 log = logging.getLogger(__name__)
-
-TERMINAL_STATUSES = ("stopped", "failed", "succeeded")
 
 
 @dataclass
@@ -146,9 +146,9 @@ def setup_io(links: TrainerLinks, run_id: str, state: TrainerState, config: RunC
 
 def resolve_weights_dtype(requested: str, info: ModelInfo) -> str:
     dtype = info.checkpoint_dtype if requested == "auto" else requested
-    if dtype not in ("float32", "bfloat16", "float16"):
+    if dtype not in SERVED_DTYPES:
         raise ValueError(
-            f"weights dtype '{dtype}' (from {info.model_dir}/config.json) is not float32/bfloat16/float16"
+            f"weights dtype '{dtype}' (from {info.model_dir}/config.json) is not {'/'.join(SERVED_DTYPES)}"
         )
     return dtype
 
