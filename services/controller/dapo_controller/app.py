@@ -35,24 +35,37 @@ from dapo_controller.settings import ControllerSettings
 from dapo_controller.store import RunStore
 
 
-def _metrics(registry: CollectorRegistry) -> dict[str, object]:
-    return {
-        "requests": Counter(
-            "dapo_controller_requests_total", "HTTP requests", ["method", "route", "code"], registry=registry
-        ),
-        "latency": Histogram(
-            "dapo_controller_request_seconds", "HTTP request latency", ["route"], registry=registry
-        ),
-        "runs": Gauge("dapo_controller_runs", "Runs by status", ["status"], registry=registry),
-        "step": Gauge("dapo_run_step", "Step of the active run", registry=registry),
-        "version": Gauge("dapo_run_policy_version", "Policy version of the active run", registry=registry),
-        "latest": Gauge(
-            "dapo_run_metric", "Latest value of a loop metric of the active run", ["key"], registry=registry
-        ),
-        "queue": Gauge(
-            "dapo_run_queue_depth", "Batches queued and not yet applied by the trainer", registry=registry
-        ),
-    }
+class ControllerMetrics:
+    """The controller's Prometheus metrics, on a registry of their own (every service declares its
+    metrics this way: one class, one registry)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "dapo_controller_requests_total",
+            "HTTP requests",
+            ["method", "route", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "dapo_controller_request_seconds", "HTTP request latency", ["route"], registry=self.registry
+        )
+        self.runs = Gauge("dapo_controller_runs", "Runs by status", ["status"], registry=self.registry)
+        self.step = Gauge("dapo_run_step", "Step of the active run", registry=self.registry)
+        self.version = Gauge(
+            "dapo_run_policy_version", "Policy version of the active run", registry=self.registry
+        )
+        self.latest = Gauge(
+            "dapo_run_metric",
+            "Latest value of a loop metric of the active run",
+            ["key"],
+            registry=self.registry,
+        )
+        self.queue = Gauge(
+            "dapo_run_queue_depth",
+            "Batches queued and not yet applied by the trainer",
+            registry=self.registry,
+        )
 
 
 EXPORTED = (
@@ -147,33 +160,32 @@ def _lifespan(settings: ControllerSettings) -> Callable[[FastAPI], AbstractAsync
 
 def _add_metrics(app: FastAPI) -> None:
     """Count and time every request, and serve the Prometheus figures at /metrics."""
-    registry = CollectorRegistry()
-    metrics = _metrics(registry)
+    metrics = ControllerMetrics()
 
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
         response = await call_next(request)
         route = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics["requests"].labels(request.method, route, str(response.status_code)).inc()  # type: ignore[attr-defined]
-        metrics["latency"].labels(route).observe(time.perf_counter() - started)  # type: ignore[attr-defined]
+        metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
         return response
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)
     async def prometheus(request: Request) -> Response:
         runs = await request.app.state.store.list_runs()
         for status in RUN_STATUSES:
-            metrics["runs"].labels(status).set(sum(r.status == status for r in runs))  # type: ignore[attr-defined]
+            metrics.runs.labels(status).set(sum(r.status == status for r in runs))
         active = [r for r in runs if r.status == "running"]
         if active:
             run = active[0]
-            metrics["step"].set(run.step)  # type: ignore[attr-defined]
-            metrics["version"].set(run.policy_version)  # type: ignore[attr-defined]
+            metrics.step.set(run.step)
+            metrics.version.set(run.policy_version)
             for key in EXPORTED:
                 if isinstance(run.latest_metrics.get(key), int | float):
-                    metrics["latest"].labels(key).set(run.latest_metrics[key])  # type: ignore[attr-defined]
-            metrics["queue"].set(await queue_depth(request.app.state.store.redis, run.id))  # type: ignore[attr-defined]
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+                    metrics.latest.labels(key).set(run.latest_metrics[key])
+            metrics.queue.set(await queue_depth(request.app.state.store.redis, run.id))
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def queue_depth(redis: aioredis.Redis, run_id: str) -> int:

@@ -30,7 +30,7 @@ from dapo.records import TERMINAL_STATUSES, event_entry
 from dapo.stream_limits import StreamLimits
 from dapo_trainer.distributed import DistContext, broadcast, setup_distributed, teardown_distributed
 from dapo_trainer.main import TrainerOptions
-from dapo_trainer.metrics import PUSH_FAILURES, RunReporter, start_metrics_server
+from dapo_trainer.metrics import METRICS, RunReporter
 from dapo_trainer.publish import WeightOutlet
 from dapo_trainer.redis_io import RedisUnavailable, RetryingRedis
 from dapo_trainer.train import TrainerLinks, train
@@ -146,7 +146,7 @@ def serve(options: TrainerOptions) -> int:
         if ctx.is_main:
             redis = RetryingRedis(options.redis_url, retry_s=options.redis_retry_s)
             redis.ping()
-            start_metrics_server(options.metrics_port, options.publisher_host)
+            METRICS.serve(options.metrics_port, options.publisher_host)
             heartbeat = Heartbeat(options.redis_url, options.heartbeat_ttl_s).start()
         finished: set[str] = set()
         while True:
@@ -201,7 +201,7 @@ def _open_outlet(
     reporter = RunReporter(redis, run_id, StreamLimits.of(config.services))
 
     def on_push_failure(address: str, message: str) -> None:
-        PUSH_FAILURES.inc()
+        METRICS.push_failures.inc()
         reporter.event("weight_push_failed", message, address=address)
 
     return WeightOutlet(

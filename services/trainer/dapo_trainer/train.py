@@ -27,7 +27,6 @@ from dapo.config import RunConfig
 from dapo.dtypes import SERVED_DTYPES
 from dapo.records import TERMINAL_STATUSES
 from dapo.stream_limits import StreamLimits
-from dapo_trainer import metrics as prom
 from dapo_trainer.background_publish import BackgroundPublisher
 from dapo_trainer.batches import BatchStream, decode_batch
 from dapo_trainer.checkpoint import (
@@ -40,7 +39,7 @@ from dapo_trainer.checkpoint import (
 from dapo_trainer.distributed import DistContext, broadcast
 from dapo_trainer.fsdp import load_full_state_dict, shard_model
 from dapo_trainer.ledger import LedgerEntry
-from dapo_trainer.metrics import RunReporter
+from dapo_trainer.metrics import METRICS, RunReporter
 from dapo_trainer.model import LogprobModel, ModelInfo, load_model, read_model_info
 from dapo_trainer.optim import build_optimizer
 from dapo_trainer.publish import WeightOutlet, gather_full_state_dict
@@ -385,7 +384,7 @@ def _next_command(
         # Redelivered after a restart but already inside the restored parameters: never apply twice.
         io.stream.ack([entry.entry_id])
         io.redis.sadd(keys.applied_batches(io.run_id), batch.batch_id)
-        prom.SKIPPED.inc()
+        METRICS.skipped.inc()
         io.reporter.event(
             "batch_skipped",
             f"batch {batch.batch_id} was already applied (version {state.ledger.version_of(batch.batch_id)}); "
@@ -424,7 +423,7 @@ def _reject(io: RunIO, entry_id: str, fields: dict[bytes, bytes], reason: str) -
     io.redis.xadd(keys.dead_letter_stream(io.run_id), letter)
     io.reporter.event("batch_rejected", reason, batch_id=batch_id, entry_id=entry_id)
     io.stream.ack([entry_id])
-    prom.REJECTED.inc()
+    METRICS.rejected.inc()
 
 
 def _publish(links: TrainerLinks, io: RunIO, version: int, full: dict[str, torch.Tensor]) -> None:
