@@ -17,7 +17,8 @@ fraction, response length and truncation rate over steps, one curve per arm (mea
 
 Arms: `clip_higher` (0.2 / 0.28, dynamic sampling, synchronous: the README's run), `symmetric`
 (0.2 / 0.2), `no_dynamic_sampling`, `no_overlong_shaping` (no soft overlong punishment and no overlong
-filtering; the addition config has neither), `stale_1` (grpo.max_staleness=1), `stale_1_tis` (the same
+filtering; the addition config has neither), `soft_penalty_no_filter` (the soft punishment without
+overlong filtering: separates the two), `stale_1` (grpo.max_staleness=1), `stale_1_tis` (the same
 with truncated importance sampling against the rollout log-probs,
 `loss_fn.use_importance_sampling_correction`).
 """
@@ -53,6 +54,8 @@ ARMS: dict[str, list[str]] = {
     "symmetric": ["grpo.ratio_clip_max=0.2", "loss_fn.ratio_clip_max=0.2"],
     "no_dynamic_sampling": ["grpo.use_dynamic_sampling=false"],
     "no_overlong_shaping": ["grpo.reward_shaping.enabled=false", "grpo.overlong_filtering=false"],
+    # the soft overlong punishment alone: truncated answers stay in the loss (as wrong answers)
+    "soft_penalty_no_filter": ["grpo.overlong_filtering=false"],
     "stale_1": ["grpo.max_staleness=1"],
     # one step stale, with truncated importance sampling against the behaviour policy's log-probs
     "stale_1_tis": ["grpo.max_staleness=1", "loss_fn.use_importance_sampling_correction=true"],
