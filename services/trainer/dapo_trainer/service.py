@@ -17,10 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
-import threading
 import time
-from typing import Any
 
 import redis as redis_lib
 
@@ -28,59 +25,14 @@ from dapo import auth, keys
 from dapo.config import RunConfig, load_config
 from dapo.stream_limits import StreamLimits
 from dapo_trainer.distributed import DistContext, broadcast, setup_distributed, teardown_distributed
-from dapo_trainer.main import TrainerOptions
+from dapo_trainer.heartbeat import Heartbeat
 from dapo_trainer.metrics import PUSH_FAILURES, RunReporter, start_metrics_server
 from dapo_trainer.publish import WeightOutlet
 from dapo_trainer.redis_io import RedisUnavailable, RetryingRedis
+from dapo_trainer.settings import TrainerOptions
 from dapo_trainer.train import TERMINAL_STATUSES, Services, train
 
 log = logging.getLogger(__name__)
-
-
-class Heartbeat:
-    """Rank 0's liveness key, refreshed from a daemon thread every `ttl_s / 4` seconds."""
-
-    def __init__(self, url: str, ttl_s: float) -> None:
-        self.client = redis_lib.Redis.from_url(
-            url, socket_timeout=5.0, socket_connect_timeout=5.0, **auth.redis_options(url)
-        )
-        self.ttl_ms = int(ttl_s * 1000)
-        self.value: dict[str, Any] = {
-            "run_id": None,
-            "version": None,
-            "step": None,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-        }
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="trainer-heartbeat", daemon=True)
-
-    def start(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def update(self, **fields: Any) -> None:
-        with self._lock:
-            self.value.update(fields)
-        self._beat()
-
-    def _beat(self) -> None:
-        with self._lock:
-            value = json.dumps(self.value)
-        try:
-            self.client.set(keys.trainer_heartbeat(), value, px=self.ttl_ms)
-        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:  # the main loop reports outages
-            log.warning("heartbeat not written: %s", exc)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.ttl_ms / 4000):
-            self._beat()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.client.close()
 
 
 def _config_from_options(options: TrainerOptions, redis: RetryingRedis) -> str | None:
