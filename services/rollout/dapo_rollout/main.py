@@ -8,58 +8,57 @@ import json
 import logging
 import os
 
-from dapo.hub import NotInCacheError, resolve_model_dir
+from dapo_rollout.settings import RolloutSettings
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> RolloutSettings:
+    """The server's settings: `--settings FILE` (JSON/YAML) with the flags given over it."""
     p = argparse.ArgumentParser(prog="dapo rollout", description="Serve a policy with vLLM over gRPC.")
-    p.add_argument("--model", required=True, help="Hugging Face model directory")
+    p.add_argument("--settings", help="JSON/YAML file of the server's settings (flags win over it)")
+    p.add_argument("--model", help="Hugging Face model directory (required here or in --settings)")
     start = p.add_mutually_exclusive_group()
-    start.add_argument("--version", type=int, default=0, help="policy version the on-disk weights count as")
+    start.add_argument("--version", type=int, help="policy version the on-disk weights count as (default 0)")
     start.add_argument(
         "--wait-for-weights",
         action="store_true",
+        default=None,
         help="start from the architecture only; NOT_SERVING until the first weights arrive",
     )
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=50051, help="gRPC port")
-    p.add_argument("--metrics-port", type=int, default=8001, help="Prometheus /metrics port (0: off)")
-    p.add_argument("--weights-address", default=None, help="host:port of the trainer's WeightPublisher")
-    p.add_argument("--poll-seconds", type=float, default=3.0, help="how often to ask the publisher")
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--dtype", default=None, help="engine dtype (default: float32 on CPU, the model's on GPU)")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--host", help="bind address (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="gRPC port (default 50051)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: off; default 8001)")
+    p.add_argument("--weights-address", help="host:port of the trainer's WeightPublisher")
+    p.add_argument("--poll-seconds", type=float, help="how often to ask the publisher (default 3)")
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--dtype", help="engine dtype (default: float32 on CPU, the model's on GPU)")
+    p.add_argument("--gpu-memory-utilization", type=float, help="default 0.9")
     p.add_argument(
         "--tensor-parallel-size",
         type=_tensor_parallel_flag,
-        default="auto",
-        help="GPUs to shard the model over (vLLM tensor parallelism); auto = every visible GPU (1 on CPU)",
+        help="GPUs to shard the model over (vLLM tensor parallelism); auto (the default) = every visible "
+        "GPU (1 on CPU)",
     )
     eager = p.add_mutually_exclusive_group()
     eager.add_argument("--enforce-eager", dest="enforce_eager", action="store_true", default=None)
     eager.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false")
-    p.add_argument("--hf-overrides", type=json.loads, default={}, help="JSON object over config.json")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hf-overrides", type=json.loads, help="JSON object over config.json")
+    p.add_argument("--seed", type=int, help="default 0")
     p.add_argument(
         "--allow-inflight-updates",
         action="store_true",
+        default=None,
         help="swap weights without waiting for calls in flight (their samples carry the older version)",
     )
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", help="default INFO")
     args = p.parse_args(argv)
-    if args.version < 0:
-        p.error(f"--version must be >= 0, got {args.version}")
-    if not 0 < args.gpu_memory_utilization <= 1:
-        p.error(f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization}")
-    if args.poll_seconds <= 0:
-        p.error(f"--poll-seconds must be positive, got {args.poll_seconds}")
+    from dapo.config import ConfigError
+    from dapo.service_settings import resolve_settings
+
+    flags = {k: v for k, v in vars(args).items() if k != "settings"}
     try:
-        args.model = str(resolve_model_dir(args.model, "--model"))
-    except NotInCacheError as exc:
+        return resolve_settings(RolloutSettings, args.settings, flags)
+    except ConfigError as exc:
         p.error(str(exc))
-    if not os.path.isfile(os.path.join(args.model, "config.json")):
-        p.error(f"--model {args.model}: no config.json there (expected a Hugging Face model directory)")
-    return args
 
 
 def _tensor_parallel_flag(value: str) -> int | str:
@@ -83,7 +82,9 @@ def tensor_parallel_size(flag: int | str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from dapo_rollout.engine import EngineOptions
     from dapo_rollout.service import ServerOptions, serve

@@ -13,59 +13,61 @@ import logging
 import os
 import sys
 
-from dapo_trainer.settings import TrainerOptions
+from dapo_trainer.settings import TrainerSettings
 
 
-def parse_args(argv: list[str]) -> TrainerOptions:
+def parse_args(argv: list[str]) -> TrainerSettings:
+    """The trainer's settings: `--settings FILE` (JSON/YAML) with the flags given over it."""
     parser = argparse.ArgumentParser(prog="dapo trainer", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("REDIS_URL"), help="Redis URL (default: $REDIS_URL)"
-    )
+    parser.add_argument("--settings", help="JSON/YAML file of the trainer's settings (flags win over it)")
+    parser.add_argument("--redis-url", help="Redis URL (default: $REDIS_URL)")
     parser.add_argument("--run-id", help="serve this run instead of waiting for the trainer assignment")
     parser.add_argument("--config", help="run config YAML/JSON for --run-id (default: the run record's)")
-    parser.add_argument("--publisher-host", default="0.0.0.0", help="weight publisher bind address")
-    parser.add_argument("--publisher-port", type=int, default=50053, help="weight publisher gRPC port")
-    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (rank 0)")
+    parser.add_argument("--publisher-host", help="weight publisher bind address (default 0.0.0.0)")
+    parser.add_argument("--publisher-port", type=int, help="weight publisher gRPC port (default 50053)")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus port (rank 0)")
     parser.add_argument(
         "--weights-dtype",
-        default="auto",
         choices=["auto", "float32", "bfloat16", "float16"],
-        help="dtype of published weights and HF exports; auto = the model directory's dtype "
+        help="dtype of published weights and HF exports; auto (the default) = the model directory's dtype "
         "(what the rollout engine loads with dtype=auto)",
     )
     parser.add_argument(
-        "--exit-when-done", action="store_true", help="exit once the run ends instead of waiting for the next"
+        "--exit-when-done",
+        action="store_true",
+        default=None,
+        help="exit once the run ends instead of waiting for the next",
     )
-    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between Redis polls")
-    parser.add_argument("--heartbeat-ttl", type=float, default=10.0, help="TTL of the heartbeat key (s)")
+    parser.add_argument("--poll-interval", type=float, help="seconds between Redis polls (default 1)")
+    parser.add_argument("--heartbeat-ttl", type=float, help="TTL of the heartbeat key (s; default 10)")
     parser.add_argument(
         "--redis-retry-timeout",
         type=float,
-        default=30.0,
-        help="seconds to retry an unreachable Redis before exiting",
+        help="seconds to retry an unreachable Redis before exiting (default 30)",
     )
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides of --config")
     args = parser.parse_args(argv)
-    if not args.redis_url:
-        parser.error("--redis-url is required (or set $REDIS_URL)")
-    if args.config and not args.run_id:
-        parser.error("--config needs --run-id")
-    if args.overrides and not args.config:
-        parser.error("key=value overrides need --config")
-    return TrainerOptions(
-        redis_url=args.redis_url,
-        run_id=args.run_id,
-        config_path=args.config,
-        overrides=tuple(args.overrides),
-        publisher_host=args.publisher_host,
-        publisher_port=args.publisher_port,
-        metrics_port=args.metrics_port,
-        weights_dtype=args.weights_dtype,
-        exit_when_done=args.exit_when_done,
-        poll_interval_s=args.poll_interval,
-        heartbeat_ttl_s=args.heartbeat_ttl,
-        redis_retry_s=args.redis_retry_timeout,
-    )
+    from dapo.config import ConfigError
+    from dapo.service_settings import resolve_settings
+
+    flags = {
+        "redis_url": args.redis_url,
+        "run_id": args.run_id,
+        "config_path": args.config,
+        "overrides": tuple(args.overrides) or None,
+        "publisher_host": args.publisher_host,
+        "publisher_port": args.publisher_port,
+        "metrics_port": args.metrics_port,
+        "weights_dtype": args.weights_dtype,
+        "exit_when_done": args.exit_when_done,
+        "poll_interval_s": args.poll_interval,
+        "heartbeat_ttl_s": args.heartbeat_ttl,
+        "redis_retry_s": args.redis_retry_timeout,
+    }
+    try:
+        return resolve_settings(TrainerSettings, args.settings, flags)
+    except ConfigError as exc:
+        parser.error(str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:

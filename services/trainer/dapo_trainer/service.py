@@ -29,13 +29,13 @@ from dapo_trainer.heartbeat import Heartbeat
 from dapo_trainer.metrics import PUSH_FAILURES, RunReporter, start_metrics_server
 from dapo_trainer.publish import WeightOutlet
 from dapo_trainer.redis_io import RedisUnavailable, RetryingRedis
-from dapo_trainer.settings import TrainerOptions
+from dapo_trainer.settings import TrainerSettings
 from dapo_trainer.train import TERMINAL_STATUSES, Services, train
 
 log = logging.getLogger(__name__)
 
 
-def _config_from_options(options: TrainerOptions, redis: RetryingRedis) -> str | None:
+def _config_from_options(options: TrainerSettings, redis: RetryingRedis) -> str | None:
     if options.config_path:
         return load_config(options.config_path, list(options.overrides)).model_dump_json()
     raw = redis.hget(keys.run_record(options.run_id or ""), "config")
@@ -43,7 +43,7 @@ def _config_from_options(options: TrainerOptions, redis: RetryingRedis) -> str |
 
 
 def _poll_assignment(
-    options: TrainerOptions, redis: RetryingRedis, finished: set[str]
+    options: TrainerSettings, redis: RetryingRedis, finished: set[str]
 ) -> tuple[str, str] | None:
     """Rank 0: (run_id, config JSON) to serve now, or None."""
     if options.run_id:
@@ -60,7 +60,7 @@ def _poll_assignment(
 
 
 def wait_for_assignment(
-    options: TrainerOptions, redis: RetryingRedis | None, ctx: DistContext, finished: set[str]
+    options: TrainerSettings, redis: RetryingRedis | None, ctx: DistContext, finished: set[str]
 ) -> tuple[str, RunConfig]:
     """Every rank: block until rank 0 finds a run with a valid config."""
     announced = False
@@ -88,7 +88,7 @@ def wait_for_assignment(
         time.sleep(options.poll_interval_s)
 
 
-def serve(options: TrainerOptions) -> int:
+def serve(options: TrainerSettings) -> int:
     ctx = setup_distributed()
     redis: RetryingRedis | None = None
     heartbeat: Heartbeat | None = None
@@ -146,7 +146,7 @@ def serve(options: TrainerOptions) -> int:
 
 
 def _open_outlet(
-    options: TrainerOptions, redis: RetryingRedis, run_id: str, config: RunConfig
+    options: TrainerSettings, redis: RetryingRedis, run_id: str, config: RunConfig
 ) -> WeightOutlet:
     """The weight publisher of one run: its push targets, and push failures as its events."""
     reporter = RunReporter(redis, run_id, StreamLimits.of(config.services))
