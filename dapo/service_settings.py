@@ -57,7 +57,12 @@ def resolve_settings(
         return model.model_validate(data)
     except ValidationError as exc:
         where = f"settings file {str(settings_path)!r}" if settings_path is not None else "settings"
-        problems = [describe_error(error, model) for error in exc.errors()]
+        problems = [
+            f"{'.'.join(str(part) for part in error['loc'])}: required"
+            if error["type"] == "missing"
+            else describe_error(error, model)
+            for error in exc.errors()
+        ]
         raise ConfigError(f"{where}: " + "; ".join(problems)) from None
 
 

@@ -84,7 +84,7 @@ def test_secrets_are_not_written_and_come_from_the_environment(
         ({"model": MODEL, "prot": 1}, "unknown key 'prot' (did you mean 'port'?)"),
         ({"model": MODEL, "port": "many"}, "port: Input should be a valid integer"),
         ({"model": MODEL, "gpu_memory_utilization": 2}, "gpu_memory_utilization: Input should be less than"),
-        ({"port": 1}, "model: Field required"),
+        ({"port": 1}, "model: required"),
         (
             {"model": MODEL, "tensor_parallel_size": 0},
             "tensor_parallel_size must be 'auto' or a whole number",

@@ -22,7 +22,6 @@ services through their environment (REDIS_URL, DAPO_SERVICE_TOKEN), never their 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -682,14 +681,10 @@ def _summary(records: list[dict[str, Any]]) -> str:
     )
 
 
-def main(argv: list[str]) -> int:
-    mode, rest = argv[0], argv[1:]
-    parser = argparse.ArgumentParser(prog=f"dapo {mode}", description=__doc__)
-    parser.add_argument("config", nargs="?" if mode == "up" else None, help="YAML run config")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    args = parser.parse_args(rest)
+def launch(mode: str, config_path: str | None, overrides: list[str]) -> int:
+    """`dapo run` (mode "run") or `dapo up` (mode "up"): its exit status (see the module docstring)."""
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(config_path, overrides)
     except ConfigError as exc:
         print(f"dapo {mode}: {exc}", file=sys.stderr)
         return 2

@@ -2,52 +2,71 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
+import sys
+from typing import Annotated, Optional
 
+import typer
+
+from dapo.commands import SettingsFile, parse_with, resolve_or_usage_error
 from dapo_reward.settings import RewardSettings
 
+# typer reads these annotations at run time: Optional[...] (not `X | None`) is what it understands.
+# ruff: noqa: UP045
 
-def parse_options(argv: list[str]) -> RewardSettings:
-    """The service's settings: flags over `--settings FILE` over the run config's env.math (`--config`)."""
-    parser = argparse.ArgumentParser(prog="dapo reward", description=__doc__)
-    parser.add_argument(
-        "--settings", help="JSON/YAML file of the reward service's settings (flags win over it)"
-    )
-    parser.add_argument("--config", help="run config YAML whose env.math section gives the defaults")
-    parser.add_argument("--host", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--grpc-port", type=int, help="gRPC port (default 50052)")
-    parser.add_argument("--http-port", type=int, help="REST port (default 8002)")
-    parser.add_argument("--workers", type=int, help="verifier worker processes (default: env.math.workers)")
-    parser.add_argument("--timeout", type=int, help="whole seconds per item (default: env.math.timeout)")
-    parser.add_argument("--max-response-chars", type=int, help="longer answers score too_large")
-    parser.add_argument("--cache-size", type=int, help="verdicts kept in the LRU cache (default 100000)")
-    args = parser.parse_args(argv)
 
+def options(
+    settings: Annotated[Optional[str], SettingsFile] = None,
+    config: Annotated[
+        Optional[str], typer.Option(help="run config YAML whose env.math section gives the defaults")
+    ] = None,
+    host: Annotated[Optional[str], typer.Option(help="bind address (default 127.0.0.1)")] = None,
+    grpc_port: Annotated[Optional[int], typer.Option(help="gRPC port (default 50052)")] = None,
+    http_port: Annotated[Optional[int], typer.Option(help="REST port (default 8002)")] = None,
+    workers: Annotated[
+        Optional[int], typer.Option(help="verifier worker processes (default: env.math.workers)")
+    ] = None,
+    timeout: Annotated[
+        Optional[int], typer.Option(help="whole seconds per item (default: env.math.timeout)")
+    ] = None,
+    max_response_chars: Annotated[Optional[int], typer.Option(help="longer answers score too_large")] = None,
+    cache_size: Annotated[
+        Optional[int], typer.Option(help="verdicts kept in the LRU cache (default 100000)")
+    ] = None,
+) -> RewardSettings:
+    """Math-answer verification over gRPC and REST: flags over --settings over the run config's env.math."""
     from dapo.config import ConfigError, load_config
-    from dapo.service_settings import resolve_settings
     from dapo_reward.settings import math_fields
 
     flags = {
-        "host": args.host,
-        "grpc_port": args.grpc_port,
-        "http_port": args.http_port,
-        "workers": args.workers,
-        "timeout": args.timeout,
-        "max_response_chars": args.max_response_chars,
-        "cache_size": args.cache_size,
+        "host": host,
+        "grpc_port": grpc_port,
+        "http_port": http_port,
+        "workers": workers,
+        "timeout": timeout,
+        "max_response_chars": max_response_chars,
+        "cache_size": cache_size,
     }
     try:
-        fallbacks = math_fields(load_config(args.config).env.math) if args.config else {}
-        return resolve_settings(RewardSettings, args.settings, flags, fallbacks)
+        fallbacks = math_fields(load_config(config).env.math) if config else {}
     except ConfigError as exc:
-        parser.error(str(exc))
+        raise typer.BadParameter(str(exc), param_hint="--config") from None
+    return resolve_or_usage_error(RewardSettings, settings, flags, fallbacks)
 
 
-def main(argv: list[str]) -> int:
-    options = parse_options(argv)
+def parse_options(argv: list[str]) -> RewardSettings:
+    """The service's settings from a command line (`dapo reward ARGS`)."""
+    return parse_with(options, argv, "dapo reward")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return serve_settings(parse_options(list(sys.argv[1:] if argv is None else argv)))
+
+
+def serve_settings(options: RewardSettings) -> int:
+    """Serve until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from dapo_reward.service import RewardService
 
