@@ -18,6 +18,10 @@ only the cycles nobody else wants; generation itself runs while the trainer wait
 Every service binds 127.0.0.1 and is authenticated: the launcher uses $DAPO_SERVICE_TOKEN or makes a random
 token per launch, and gives its private Redis $DAPO_REDIS_PASSWORD or a random password; both reach the
 services through their environment (REDIS_URL, DAPO_SERVICE_TOKEN), never their command lines.
+
+Each service starts as `dapo SERVICE --settings FILE`: its settings model, built from the run config
+(`reward_settings`, `rollout_settings`, ...), written beside its log without secrets. The `*_args`
+functions give the same settings as flags, for the Slurm plan (dapo_controller.slurm).
 """
 
 from __future__ import annotations
