@@ -167,13 +167,16 @@ def slurm_plan(
     raise typer.Exit(print_plan(config, overrides or [], nodes, job_dir, port_base, python))
 
 
-for _name, _module in {
-    "controller": controller_main,
-    "rollout": rollout_main,
-    "reward": reward_main,
-    "trainer": trainer_main,
-}.items():
-    app.command(_name)(service_command(_module.options, _module.serve_settings))  # type: ignore[arg-type]
+app.command("controller")(
+    service_command(controller_main.options, controller_main.resolve, controller_main.serve_settings)
+)
+app.command("rollout")(
+    service_command(rollout_main.options, rollout_main.resolve, rollout_main.serve_settings)
+)
+app.command("reward")(service_command(reward_main.options, reward_main.resolve, reward_main.serve_settings))
+app.command("trainer")(
+    service_command(trainer_main.options, trainer_main.resolve, trainer_main.serve_settings)
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,12 +9,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
-from pydantic import BaseModel
 
-Settings = TypeVar("Settings", bound=BaseModel)
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+Settings = TypeVar("Settings", bound="BaseModel")
+Flags = dict[str, Any]
+"""What a service's typer options were given (None: not given), before its settings model is imported."""
 
 SettingsFile = typer.Option(
     "--settings",
@@ -43,13 +47,16 @@ def run_app(app: typer.Typer, argv: list[str], prog: str) -> int:
     return 0
 
 
-def parse_with(options: Callable[..., Settings], argv: list[str], prog: str) -> Settings:
-    """The settings `options` (a service's typer options) builds from `argv`; SystemExit(2) on bad input."""
+def parse_with(
+    options: Callable[..., Flags], resolve: Callable[[Flags], Settings], argv: list[str], prog: str
+) -> Settings:
+    """The settings `resolve` makes of what `options` (a service's typer options) parses from `argv`;
+    SystemExit(2) on bad input."""
     parsed: list[Settings] = []
 
     @functools.wraps(options)
     def capture(**kwargs: Any) -> None:
-        parsed.append(options(**kwargs))
+        parsed.append(resolve(options(**kwargs)))
 
     app = new_app(options.__doc__ or "")
     app.command()(capture)
@@ -62,13 +69,15 @@ def parse_with(options: Callable[..., Settings], argv: list[str], prog: str) -> 
 
 
 def service_command(
-    options: Callable[..., Settings], serve: Callable[[Settings], int]
+    options: Callable[..., Flags], resolve: Callable[[Flags], Settings], serve: Callable[[Settings], int]
 ) -> Callable[..., None]:
-    """A typer command with `options`' parameters and help that serves the settings they give."""
+    """A typer command with `options`' parameters and help that serves the settings `resolve` makes.
+
+    The settings model is imported only by `resolve`, so listing the commands and their help is quick."""
 
     @functools.wraps(options)
     def command(**kwargs: Any) -> None:
-        raise typer.Exit(serve(options(**kwargs)))
+        raise typer.Exit(serve(resolve(options(**kwargs))))
 
     return command
 

@@ -26,7 +26,8 @@ COMMANDS = [
     "reward",
     "trainer",
 ]
-HEAVY = ("torch", "vllm", "transformers", "uvicorn", "grpc", "httpx")
+HEAVY = ("torch", "vllm", "transformers", "uvicorn", "grpc", "httpx", "dapo.config.schema")
+"""Not imported to answer --help (the run config schema neither: the settings models load on use)."""
 
 PROBE = """
 import contextlib, io, json, sys

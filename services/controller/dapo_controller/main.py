@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from dapo.commands import SettingsFile, parse_with, resolve_or_usage_error
-from dapo_controller.settings import ControllerSettings
+from dapo.commands import Flags, SettingsFile, parse_with, resolve_or_usage_error
+
+if TYPE_CHECKING:
+    from dapo_controller.settings import ControllerSettings
 
 # typer reads these annotations at run time: Optional[...] (not `X | None`) is what it understands.
 # ruff: noqa: UP045
@@ -51,7 +53,7 @@ def options(
         ),
     ] = None,
     log_level: Annotated[Optional[str], typer.Option(help="default info")] = None,
-) -> ControllerSettings:
+) -> Flags:
     """The REST API and the loop of the active run: --settings FILE, flags over it, the environment under both."""
     flags = {
         "redis_url": redis_url,
@@ -63,16 +65,24 @@ def options(
         "redis_retry_s": redis_retry_timeout,
         "log_level": log_level,
     }
+    return {**flags, "settings": settings}
+
+
+def resolve(flags: Flags) -> ControllerSettings:
+    """The settings the parsed options give: the file's, the flags over them, the environment under both."""
+    from dapo_controller.settings import ControllerSettings
+
+    settings_file = flags.pop("settings")
     fallbacks = {
         "rollout_addresses": _addresses(os.environ.get("DAPO_ROLLOUT_ADDRESSES")),
         "reward_address": os.environ.get("DAPO_REWARD_ADDRESS"),
     }
-    return resolve_or_usage_error(ControllerSettings, settings, flags, fallbacks)
+    return resolve_or_usage_error(ControllerSettings, settings_file, flags, fallbacks)
 
 
 def parse_settings(argv: list[str]) -> ControllerSettings:
     """The controller's settings from a command line (`dapo controller ARGS`)."""
-    return parse_with(options, argv, "dapo controller")
+    return parse_with(options, resolve, argv, "dapo controller")
 
 
 def main(argv: list[str] | None = None) -> int:

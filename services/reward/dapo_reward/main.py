@@ -6,12 +6,14 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from dapo.commands import SettingsFile, parse_with, resolve_or_usage_error
-from dapo_reward.settings import RewardSettings
+from dapo.commands import Flags, SettingsFile, parse_with, resolve_or_usage_error
+
+if TYPE_CHECKING:
+    from dapo_reward.settings import RewardSettings
 
 # typer reads these annotations at run time: Optional[...] (not `X | None`) is what it understands.
 # ruff: noqa: UP045
@@ -35,11 +37,8 @@ def options(
     cache_size: Annotated[
         Optional[int], typer.Option(help="verdicts kept in the LRU cache (default 100000)")
     ] = None,
-) -> RewardSettings:
+) -> Flags:
     """Math-answer verification over gRPC and REST: flags over --settings over the run config's env.math."""
-    from dapo.config import ConfigError, load_config
-    from dapo_reward.settings import math_fields
-
     flags = {
         "host": host,
         "grpc_port": grpc_port,
@@ -49,16 +48,25 @@ def options(
         "max_response_chars": max_response_chars,
         "cache_size": cache_size,
     }
+    return {**flags, "settings": settings, "config": config}
+
+
+def resolve(flags: Flags) -> RewardSettings:
+    """The settings the parsed options give: flags over the file over the run config's env.math."""
+    from dapo.config import ConfigError, load_config
+    from dapo_reward.settings import RewardSettings, math_fields
+
+    settings_file, config = flags.pop("settings"), flags.pop("config")
     try:
         fallbacks = math_fields(load_config(config).env.math) if config else {}
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="--config") from None
-    return resolve_or_usage_error(RewardSettings, settings, flags, fallbacks)
+    return resolve_or_usage_error(RewardSettings, settings_file, flags, fallbacks)
 
 
 def parse_options(argv: list[str]) -> RewardSettings:
     """The service's settings from a command line (`dapo reward ARGS`)."""
-    return parse_with(options, argv, "dapo reward")
+    return parse_with(options, resolve, argv, "dapo reward")
 
 
 def main(argv: list[str] | None = None) -> int:

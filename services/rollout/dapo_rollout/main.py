@@ -7,12 +7,14 @@ import json
 import logging
 import os
 import sys
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from dapo.commands import SettingsFile, parse_with, resolve_or_usage_error
-from dapo_rollout.settings import RolloutSettings
+from dapo.commands import Flags, SettingsFile, parse_with, resolve_or_usage_error
+
+if TYPE_CHECKING:
+    from dapo_rollout.settings import RolloutSettings
 
 # typer reads these annotations at run time: Optional[...] (not `X | None`) is what it understands.
 # ruff: noqa: UP045
@@ -90,10 +92,9 @@ def options(
         ),
     ] = None,
     log_level: Annotated[Optional[str], typer.Option(help="default INFO")] = None,
-) -> RolloutSettings:
+) -> Flags:
     """Serve a policy with vLLM over gRPC."""
-    flags = {k: v for k, v in locals().items() if k != "settings"}
-    return resolve_or_usage_error(RolloutSettings, settings, flags)
+    return dict(locals())
 
 
 def tensor_parallel_size(flag: int | str) -> int:
@@ -107,9 +108,17 @@ def tensor_parallel_size(flag: int | str) -> int:
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
+def resolve(flags: Flags) -> RolloutSettings:
+    """The settings the parsed options give (the file's, the flags over them)."""
+    from dapo_rollout.settings import RolloutSettings
+
+    settings_file = flags.pop("settings")
+    return resolve_or_usage_error(RolloutSettings, settings_file, flags)
+
+
 def parse_args(argv: list[str] | None = None) -> RolloutSettings:
     """The server's settings from a command line (`dapo rollout ARGS`)."""
-    return parse_with(options, list(sys.argv[1:] if argv is None else argv), "dapo rollout")
+    return parse_with(options, resolve, list(sys.argv[1:] if argv is None else argv), "dapo rollout")
 
 
 def main(argv: list[str] | None = None) -> int:

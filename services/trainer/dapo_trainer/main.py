@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from dapo.commands import SettingsFile, parse_with, resolve_or_usage_error
-from dapo_trainer.settings import TrainerSettings
+from dapo.commands import Flags, SettingsFile, parse_with, resolve_or_usage_error
+
+if TYPE_CHECKING:
+    from dapo_trainer.settings import TrainerSettings
 
 # typer reads these annotations at run time: Optional[...] (not `X | None`) is what it understands.
 # ruff: noqa: UP045
@@ -62,7 +64,7 @@ def options(
         Optional[float],
         typer.Option(help="seconds to retry an unreachable Redis before exiting (default 30)"),
     ] = None,
-) -> TrainerSettings:
+) -> Flags:
     """Serve training runs (one rank; under torchrun every rank runs this)."""
     flags = {
         "redis_url": redis_url,
@@ -78,12 +80,20 @@ def options(
         "heartbeat_ttl_s": heartbeat_ttl,
         "redis_retry_s": redis_retry_timeout,
     }
-    return resolve_or_usage_error(TrainerSettings, settings, flags)
+    return {**flags, "settings": settings}
+
+
+def resolve(flags: Flags) -> TrainerSettings:
+    """The settings the parsed options give (the file's, the flags over them)."""
+    from dapo_trainer.settings import TrainerSettings
+
+    settings_file = flags.pop("settings")
+    return resolve_or_usage_error(TrainerSettings, settings_file, flags)
 
 
 def parse_args(argv: list[str]) -> TrainerSettings:
     """The trainer's settings from a command line (`dapo trainer ARGS`)."""
-    return parse_with(options, argv, "dapo trainer")
+    return parse_with(options, resolve, argv, "dapo trainer")
 
 
 def main(argv: list[str] | None = None) -> int:
