@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import redis
@@ -685,31 +685,64 @@ def _summary(records: list[dict[str, Any]]) -> str:
     )
 
 
+def checked_config(config_path: str | None, overrides: list[str], attached: str | None) -> RunConfig:
+    """The run config, and (unless the services run elsewhere) whether this node can lay it out;
+    ConfigError naming the key otherwise."""
+    config = load_config(config_path, overrides)
+    if not attached:
+        check_layout(config)
+        check_model(config)
+        check_wandb(config)
+        _gpu_split(config)
+        plan_cpu_sets(config)
+    return config
+
+
+def serve_forever(launcher: Launcher) -> NoReturn:
+    """`dapo up`: say where everything is, then supervise the services until interrupted."""
+    print(
+        f"controller {launcher.controller_url}  reward {launcher.reward_address}  "
+        f"rollout {','.join(launcher.rollout_addresses)}  weights {launcher.weights_address}  "
+        f"redis {auth.redact_url(launcher.redis_url or '')}\nlogs in {launcher.work_dir}; Ctrl-C stops everything"
+    )
+    while True:
+        launcher.supervise()
+        time.sleep(1.0)
+
+
+def run_once(launcher: Launcher, attached: str | None) -> int:
+    """`dapo run`: submit the run, follow it, write its outputs; 0 only if it succeeded uninterrupted."""
+    run_id = launcher.submit()
+    where = "" if attached else f" (logs: {launcher.work_dir})"
+    print(f"run {run_id} submitted to {launcher.controller_url}{where}")
+    interrupted = False
+    try:
+        run = launcher.follow()
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: stopping the run", file=sys.stderr)
+        launcher.request_stop()
+        run = launcher.http.get(f"{launcher.controller_url}/v1/runs/{run_id}", timeout=10).json()
+    out = launcher.write_outputs(run)
+    print(f"run {run_id} {run['status']}" + (f": {run['error']}" if run.get("error") else ""))
+    print(_summary(launcher.records))
+    print(f"metrics, TensorBoard events and plot in {out}")
+    return 0 if run["status"] == "succeeded" and not interrupted else 1
+
+
 def launch(mode: str, config_path: str | None, overrides: list[str]) -> int:
     """`dapo run` (mode "run") or `dapo up` (mode "up"): its exit status (see the module docstring)."""
-    try:
-        config = load_config(config_path, overrides)
-    except ConfigError as exc:
-        print(f"dapo {mode}: {exc}", file=sys.stderr)
-        return 2
     # Under deploy/slurm/dapo.sub the services run already, over the job's nodes: submit to them.
     attached = os.environ.get(CONTROLLER_URL_ENV) if mode == "run" else None
     try:
-        if not attached:
-            check_layout(config)
-            check_model(config)
-            check_wandb(config)
-            _gpu_split(config)
-            plan_cpu_sets(config)
+        config = checked_config(config_path, overrides, attached)
     except ConfigError as exc:
         print(f"dapo {mode}: {exc}", file=sys.stderr)
         return 2
-    config_dict = config.model_dump(mode="json")
     work_dir = Path(config.logger.log_dir) / (
         "services" if mode == "up" else time.strftime("launch-%Y%m%d-%H%M%S")
     )
-    launcher = Launcher(config, work_dir, config_dict)
-    interrupted = False
+    launcher = Launcher(config, work_dir, config.model_dump(mode="json"))
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
@@ -722,29 +755,8 @@ def launch(mode: str, config_path: str | None, overrides: list[str]) -> int:
         else:
             launcher.start()
         if mode == "up":
-            print(
-                f"controller {launcher.controller_url}  reward {launcher.reward_address}  "
-                f"rollout {','.join(launcher.rollout_addresses)}  weights {launcher.weights_address}  "
-                f"redis {auth.redact_url(launcher.redis_url or '')}\nlogs in {work_dir}; Ctrl-C stops everything"
-            )
-            while True:
-                launcher.supervise()
-                time.sleep(1.0)
-        run_id = launcher.submit()
-        where = "" if attached else f" (logs: {work_dir})"
-        print(f"run {run_id} submitted to {launcher.controller_url}{where}")
-        try:
-            run = launcher.follow()
-        except KeyboardInterrupt:
-            interrupted = True
-            print("interrupted: stopping the run", file=sys.stderr)
-            launcher.request_stop()
-            run = launcher.http.get(f"{launcher.controller_url}/v1/runs/{run_id}", timeout=10).json()
-        out = launcher.write_outputs(run)
-        print(f"run {run_id} {run['status']}" + (f": {run['error']}" if run.get("error") else ""))
-        print(_summary(launcher.records))
-        print(f"metrics, TensorBoard events and plot in {out}")
-        return 0 if run["status"] == "succeeded" and not interrupted else 1
+            serve_forever(launcher)
+        return run_once(launcher, attached)
     except KeyboardInterrupt:
         return 130
     except RuntimeError as exc:
