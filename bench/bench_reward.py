@@ -18,7 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from dapo_reward.service import RewardOptions, RewardService
+from dapo_reward.service import RewardService
+from dapo_reward.settings import RewardSettings
 from dapo_reward.verifiers import verify_item
 
 from dapo import rpc
@@ -121,7 +122,7 @@ def main() -> None:
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     service = RewardService(
-        RewardOptions(grpc_port=0, http_port=0, workers=args.workers, timeout=args.timeout, cache_size=0)
+        RewardSettings(grpc_port=0, http_port=0, workers=args.workers, timeout=args.timeout, cache_size=0)
     )
     asyncio.run_coroutine_threadsafe(service.start(), loop).result()
     address = f"127.0.0.1:{service.grpc_port}"

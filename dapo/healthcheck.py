@@ -6,7 +6,6 @@ grpc.health.v1 Check answers SERVING.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 
@@ -39,16 +38,11 @@ def check_grpc(address: str, service: str, timeout_s: float) -> tuple[bool, str]
     return reply.status == health_pb2.HealthCheckResponse.SERVING, f"{address}: {status}"
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="dapo health", description=__doc__)
-    parser.add_argument("kind", choices=["http", "grpc"])
-    parser.add_argument("target", help="URL (http) or host:port (grpc)")
-    parser.add_argument("--service", default="", help="gRPC service name to check ('' = the server)")
-    parser.add_argument("--timeout", type=float, default=5.0)
-    args = parser.parse_args(argv)
-    if args.kind == "http":
-        ok, message = check_http(args.target, args.timeout)
+def check(kind: str, target: str, service: str = "", timeout_s: float = 5.0) -> int:
+    """0 when `target` (a URL for http, host:port for grpc) is healthy, else 1; says which on stdout/stderr."""
+    if kind == "http":
+        ok, message = check_http(target, timeout_s)
     else:
-        ok, message = check_grpc(args.target, args.service, args.timeout)
+        ok, message = check_grpc(target, service, timeout_s)
     print(message, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1

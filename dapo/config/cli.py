@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from dapo.config.loader import ConfigError, load_config
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="dapo config", description=__doc__)
-    parser.add_argument("config", help="YAML run config")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    args = parser.parse_args(argv)
+def show_config(config_path: str, overrides: list[str]) -> int:
+    """Print the resolved config; exit status 2 (and the problem) when it is invalid."""
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(config_path, overrides)
     except ConfigError as exc:
         print(f"dapo config: {exc}", file=sys.stderr)
         return 2

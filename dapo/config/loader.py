@@ -48,10 +48,11 @@ def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def _describe(error: Mapping[str, Any]) -> str:
+def describe_error(error: Mapping[str, Any], model: type[BaseModel] = RunConfig) -> str:
+    """One pydantic error of validating `model` as a message naming the key (and a near key, if unknown)."""
     path = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
-        candidates = _valid_keys(RunConfig)
+        candidates = _valid_keys(model)
         close = difflib.get_close_matches(path, candidates, n=1, cutoff=0.6)
         if not close:
             # Compare the last component within the same section, e.g. grpo.clip_max -> grpo.ratio_clip_max.
@@ -110,7 +111,7 @@ def parse_config(data: Mapping[str, Any] | None) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        errors = [(tuple(e["loc"]), _describe(e)) for e in exc.errors()]
+        errors = [(tuple(e["loc"]), describe_error(e)) for e in exc.errors()]
         raise ConfigError("invalid run config:\n  " + "\n  ".join(m for _, m in errors), errors) from None
 
 

@@ -6,55 +6,33 @@ and `DIR/warm_start.json`. torch and transformers are imported only after the ar
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from dataclasses import dataclass
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dapo make-tiny-model",
-        description="Build the tiny Qwen2-architecture model (about 2.6 M parameters), its tokenizer and "
-        "the 2-digit addition task, offline and deterministically.",
-    )
-    parser.add_argument("dir", help="output directory (created if missing)")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed for weights, data split and warm start (default 0)"
-    )
-    parser.add_argument(
-        "--task",
-        default="addition",
-        choices=["addition", "column-addition"],
-        help="addition: 2-digit sums, bare answers (examples/tiny-model, the default); column-addition: "
-        "2-digit sums worked column by column, then 'Answer: N' (examples/tiny-reasoning-model)",
-    )
-    parser.add_argument(
-        "--untrained", action="store_true", help="random weights only: no warm start, no task data"
-    )
-    parser.add_argument(
-        "--steps", type=int, default=None, help="warm-start optimizer steps (default: calibrated)"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads for the warm start (default: the shipped build's, 2 for addition, 1 for "
-        "column-addition; the same seed and thread count give the same bytes)",
-    )
-    return parser
+@dataclass(frozen=True)
+class TinyModelArgs:
+    """What `dapo make-tiny-model` was asked for (see dapo.cli for the options)."""
+
+    dir: str
+    seed: int = 0
+    task: str = "addition"
+    untrained: bool = False
+    steps: int | None = None
+    threads: int | None = None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def make(args: TinyModelArgs) -> int:
+    """Build the model (and, unless untrained, its warm start and data); exit status 2 on a bad value."""
     if args.seed < 0:
         print(f"dapo make-tiny-model: --seed must be >= 0, got {args.seed}", file=sys.stderr)
         return 2
     from dapo.tiny.tasks import get_task
 
-    if args.threads is None:
-        args.threads = get_task(args.task).build_threads
-    if args.threads < 1:
-        print(f"dapo make-tiny-model: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+    threads = get_task(args.task).build_threads if args.threads is None else args.threads
+    if threads < 1:
+        print(f"dapo make-tiny-model: --threads must be >= 1, got {threads}", file=sys.stderr)
         return 2
     if args.steps is not None and args.steps < 0:
         print(f"dapo make-tiny-model: --steps must be >= 0, got {args.steps}", file=sys.stderr)
@@ -97,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             config=config,
             log=console.print,
-            num_threads=args.threads,
+            num_threads=threads,
             task=args.task,
             on_step=lambda step, loss: progress.update(task, completed=step + 1, loss=loss),
         )
@@ -109,7 +87,3 @@ def main(argv: list[str] | None = None) -> int:
         f"  build time                {report['seconds']} s"
     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

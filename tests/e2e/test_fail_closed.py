@@ -293,9 +293,8 @@ def test_the_only_rollout_server_restarting_is_waited_for(
     # The launcher restarts it.
     wait_for(lambda: run.version() >= 3, 480, "version 3")
     rollout = run.service("rollout")
-    metrics_url = (
-        f"http://127.0.0.1:{rollout.cmdline()[rollout.cmdline().index('--metrics-port') + 1]}/metrics"
-    )
+    settings_file = Path(rollout.cmdline()[rollout.cmdline().index("--settings") + 1])
+    metrics_url = f"http://127.0.0.1:{json.loads(settings_file.read_text())['metrics_port']}/metrics"
     wait_for(lambda: generating(metrics_url), 120, "a Generate call in flight", poll_s=0.01)
     pgid = rollout.pid
     os.killpg(pgid, signal.SIGSTOP)

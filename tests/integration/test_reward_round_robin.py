@@ -10,7 +10,8 @@ import asyncio
 import httpx
 from dapo_controller.loop import score_request
 from dapo_controller.reward_client import reward_channel
-from dapo_reward.service import RewardOptions, RewardService
+from dapo_reward.service import RewardService
+from dapo_reward.settings import RewardSettings
 from prometheus_client.parser import text_string_to_metric_families
 
 from dapo.config.schema import MathEnvConfig
@@ -39,7 +40,7 @@ async def _score(stub: reward_pb2_grpc.RewardStub, num_calls: int) -> None:
 def test_score_calls_alternate_over_every_resolved_reward_server() -> None:
     async def scenario() -> None:
         services = [
-            RewardService(RewardOptions(grpc_port=0, http_port=0, workers=1, timeout=2, cache_size=0))
+            RewardService(RewardSettings(grpc_port=0, http_port=0, workers=1, timeout=2, cache_size=0))
             for _ in range(2)
         ]
         for service in services:

@@ -16,7 +16,8 @@ import grpc
 import httpx
 import pytest
 from dapo_reward.scoring import ResultCache
-from dapo_reward.service import RewardOptions, RewardService
+from dapo_reward.service import RewardService
+from dapo_reward.settings import RewardSettings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,7 +31,7 @@ TIMEOUT_S = 2
 class Running:
     """A RewardService on its own event loop in a background thread."""
 
-    def __init__(self, options: RewardOptions) -> None:
+    def __init__(self, options: RewardSettings) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -52,7 +53,7 @@ class Running:
 @pytest.fixture(scope="module")
 def reward() -> Iterator[Running]:
     running = Running(
-        RewardOptions(
+        RewardSettings(
             grpc_port=0, http_port=0, workers=2, timeout=TIMEOUT_S, max_response_chars=200_000, cache_size=0
         )
     )

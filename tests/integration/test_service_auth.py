@@ -11,7 +11,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from dapo_reward.service import RewardOptions
+from dapo_reward.settings import RewardSettings
 
 from dapo import auth, rpc
 from dapo.v1 import reward_pb2, reward_pb2_grpc, weights_pb2, weights_pb2_grpc
@@ -25,7 +25,7 @@ TOKEN = "s3rvice-token-for-tests"
 
 
 def start_reward() -> Running:
-    return Running(RewardOptions(grpc_port=0, http_port=0, workers=1, timeout=2, cache_size=0))
+    return Running(RewardSettings(grpc_port=0, http_port=0, workers=1, timeout=2, cache_size=0))
 
 
 def score(channel: grpc.Channel) -> list[reward_pb2.ScoreResult]:

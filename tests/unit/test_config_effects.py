@@ -225,11 +225,11 @@ def test_generation_keys_reach_the_generate_call() -> None:
 
 
 def test_rpc_timeout_s_is_the_deadline_of_the_trainers_weight_pushes(redis_server) -> None:  # type: ignore[no-untyped-def]
-    from dapo_trainer.main import TrainerOptions
     from dapo_trainer.redis_io import RetryingRedis
     from dapo_trainer.service import _open_outlet
+    from dapo_trainer.settings import TrainerSettings
 
-    options = TrainerOptions(
+    options = TrainerSettings(
         redis_url=redis_server.url,
         run_id="r",
         config_path=None,

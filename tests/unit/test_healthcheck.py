@@ -9,7 +9,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from dapo.healthcheck import main
+from dapo.cli import main as dapo
+
+
+def dapo_health(argv: list[str]) -> int:
+    return dapo(["health", *argv])
 
 
 def test_grpc_serving_and_not_serving() -> None:
@@ -20,13 +24,13 @@ def test_grpc_serving_and_not_serving() -> None:
     server.start()
     try:
         servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        assert main(["grpc", f"127.0.0.1:{port}", "--timeout", "2"]) == 1
+        assert dapo_health(["grpc", f"127.0.0.1:{port}", "--timeout", "2"]) == 1
         servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        assert main(["grpc", f"127.0.0.1:{port}", "--timeout", "2"]) == 0
-        assert main(["grpc", f"127.0.0.1:{port}", "--service", "unknown", "--timeout", "2"]) == 1
+        assert dapo_health(["grpc", f"127.0.0.1:{port}", "--timeout", "2"]) == 0
+        assert dapo_health(["grpc", f"127.0.0.1:{port}", "--service", "unknown", "--timeout", "2"]) == 1
     finally:
         server.stop(0)
-    assert main(["grpc", f"127.0.0.1:{port}", "--timeout", "1"]) == 1  # nothing listens any more
+    assert dapo_health(["grpc", f"127.0.0.1:{port}", "--timeout", "1"]) == 1  # nothing listens any more
 
 
 def test_http_status_codes() -> None:
@@ -42,7 +46,7 @@ def test_http_status_codes() -> None:
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}"
     try:
-        assert main(["http", f"{url}/ok"]) == 0
-        assert main(["http", f"{url}/down"]) == 1
+        assert dapo_health(["http", f"{url}/ok"]) == 0
+        assert dapo_health(["http", f"{url}/down"]) == 1
     finally:
         httpd.shutdown()

@@ -29,4 +29,4 @@ def test_bad_tensor_parallel_size_is_refused(value: str, capsys: pytest.CaptureF
     with pytest.raises(SystemExit) as exc:
         parse_args(["--model", MODEL, "--tensor-parallel-size", value])
     assert exc.value.code == 2
-    assert "--tensor-parallel-size: must be 'auto' or a whole number >= 1" in capsys.readouterr().err
+    assert "'--tensor-parallel-size': must be 'auto' or a whole number >= 1" in capsys.readouterr().err

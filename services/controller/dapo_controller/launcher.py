@@ -18,11 +18,14 @@ only the cycles nobody else wants; generation itself runs while the trainer wait
 Every service binds 127.0.0.1 and is authenticated: the launcher uses $DAPO_SERVICE_TOKEN or makes a random
 token per launch, and gives its private Redis $DAPO_REDIS_PASSWORD or a random password; both reach the
 services through their environment (REDIS_URL, DAPO_SERVICE_TOKEN), never their command lines.
+
+Each service starts as `dapo SERVICE --settings FILE`: its settings model, built from the run config
+(`reward_settings`, `rollout_settings`, ...), written beside its log without secrets. The `*_args`
+functions give the same settings as flags, for the Slurm plan (dapo_controller.slurm).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -33,18 +36,23 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import redis
 import yaml
+from dapo_reward.settings import RewardSettings
+from dapo_rollout.settings import RolloutSettings
+from dapo_trainer.settings import TrainerSettings
 
 from dapo import auth, keys
 from dapo.config import ConfigError, RunConfig, load_config
 from dapo.hub import NotInCacheError, resolve_model_dir
 from dapo.local_redis import RedisServer, free_port
 from dapo.records import event_entry, is_terminal
+from dapo.service_settings import ServiceSettings, write_settings
 from dapo_controller.cpu_sets import CpuPlan, cpu_list, plan_cpu_sets
+from dapo_controller.settings import ControllerSettings
 
 ROLLOUT_CPU_NICE = 10
 RECORD_GONE_GRACE_S = 60.0
@@ -232,6 +240,60 @@ def controller_args(
     ]
 
 
+def reward_settings(config: RunConfig, host: str, grpc_port: int, http_port: int) -> RewardSettings:
+    """The reward service's settings for `config` (its env.math section)."""
+    return RewardSettings.from_math(config.env.math, host=host, grpc_port=grpc_port, http_port=http_port)
+
+
+def rollout_settings(
+    config: RunConfig, index: int, host: str, port: int, metrics_port: int, weights_address: str
+) -> RolloutSettings:
+    """Rollout server `index` of the run (its sampling seed is grpo.seed + index); the engine from
+    policy.generation.vllm_cfg."""
+    vllm = config.policy.generation.vllm_cfg
+    return RolloutSettings(
+        model=config.policy.model_name,
+        host=host,
+        port=port,
+        metrics_port=metrics_port,
+        weights_address=weights_address,
+        seed=config.grpo.seed + index,
+        max_model_len=vllm.max_model_len or config.policy.max_total_sequence_length,
+        gpu_memory_utilization=vllm.gpu_memory_utilization,
+        tensor_parallel_size=vllm.tensor_parallel_size,
+        dtype=vllm.precision,
+        enforce_eager=vllm.enforce_eager,
+        hf_overrides=config.policy.hf_config_overrides,
+    )
+
+
+def trainer_settings(
+    config: RunConfig, redis_url: str, publisher_host: str, publisher_port: int, metrics_port: int
+) -> TrainerSettings:
+    """One trainer rank's settings (under torchrun every rank gets the same)."""
+    return TrainerSettings(
+        redis_url=redis_url,
+        publisher_host=publisher_host,
+        publisher_port=publisher_port,
+        metrics_port=metrics_port,
+        redis_retry_s=config.services.redis_timeout_s,
+    )
+
+
+def controller_settings(
+    config: RunConfig, redis_url: str, host: str, port: int, rollout_addresses: list[str], reward_address: str
+) -> ControllerSettings:
+    """The controller's settings, driving these rollout servers and this reward service."""
+    return ControllerSettings(
+        redis_url=redis_url,
+        host=host,
+        port=port,
+        rollout_addresses=rollout_addresses,
+        reward_address=reward_address,
+        redis_retry_s=config.services.redis_timeout_s,
+    )
+
+
 def check_wandb(config: RunConfig) -> None:
     """W&B is an optional extra: say how to get it before anything starts."""
     if not config.logger.wandb_enabled:
@@ -306,71 +368,23 @@ class Launcher:
             self.redis_url = self.redis_server.url
         # Secrets travel in the environment: a command line is visible to every local user.
         secret_env = {"REDIS_URL": self.redis_url, **self.token_env}
-        py = [sys.executable, "-m", "dapo.cli"]
-        logs = self.work_dir / "services"
-        rollout_gpus, trainer_gpus = _gpu_split(cfg)
-        nproc = cfg.cluster.trainer_processes_per_node or max(1, len(trainer_gpus))
-        self.cpu_plan = plan_cpu_sets(cfg, trainer_ranks=nproc)
+        self.rollout_gpus, self.trainer_gpus = _gpu_split(cfg)
+        self.trainer_ranks = cfg.cluster.trainer_processes_per_node or max(1, len(self.trainer_gpus))
+        self.cpu_plan = plan_cpu_sets(cfg, trainer_ranks=self.trainer_ranks)
         print(f"[dapo] {self.cpu_plan.message}", file=sys.stderr)
+        logs = self.work_dir / "services"
+        py = [sys.executable, "-m", "dapo.cli"]
         self.reward_address = cfg.services.reward_address
         if not self.reward_address:
-            port = free_port()
-            self.reward_address = f"127.0.0.1:{port}"
-            self.services.append(
-                ServiceProcess(
-                    "reward",
-                    [*py, *reward_args(cfg, "127.0.0.1", port, free_port())],
-                    logs / "reward.log",
-                    env=self.cpu_plan.threads(self.cpu_plan.shared),
-                    cpus=self.cpu_plan.shared,
-                )
-            )
+            self.services.append(self._reward_service(logs, py))
         self.weights_address = cfg.services.weights_address or f"127.0.0.1:{free_port()}"
         self.rollout_addresses = list(cfg.services.rollout_addresses)
         if not self.rollout_addresses:
-            for i in range(cfg.cluster.num_rollout_servers):
-                port = free_port()
-                self.rollout_addresses.append(f"127.0.0.1:{port}")
-                env = {
-                    "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-                    **self.cpu_plan.threads(self.cpu_plan.rollout),
-                }
-                if rollout_gpus[i]:
-                    env["CUDA_VISIBLE_DEVICES"] = ",".join(rollout_gpus[i])
-                self.services.append(
-                    ServiceProcess(
-                        f"rollout-{i}",
-                        [
-                            *py,
-                            *rollout_args(cfg, i, "127.0.0.1", port, free_port(), self.weights_address),
-                        ],
-                        logs / f"rollout-{i}.log",
-                        env=env,
-                        nice=0 if rollout_gpus[i] else ROLLOUT_CPU_NICE,
-                        cpus=self.cpu_plan.rollout,
-                    )
-                )
-        if not cfg.services.weights_address:
-            publisher_port = self.weights_address.rsplit(":", 1)[1]
-            trainer = trainer_args(cfg, "127.0.0.1", publisher_port, free_port())
-            if nproc > 1:
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "torch.distributed.run",
-                    f"--nproc_per_node={nproc}",
-                    f"--master_port={free_port()}",
-                    "-m",
-                    "dapo.cli",
-                    *trainer,
-                ]
-            else:
-                cmd = [*py, *trainer]
-            env = {"CUDA_VISIBLE_DEVICES": ",".join(trainer_gpus)} if trainer_gpus else {}
-            env.update(self.cpu_plan.threads(self.cpu_plan.trainer, nproc))
-            self.services.append(
-                ServiceProcess("trainer", cmd, logs / "trainer.log", env=env, cpus=self.cpu_plan.trainer)
+            self.services.extend(
+                self._rollout_service(logs, py, i) for i in range(cfg.cluster.num_rollout_servers)
             )
+        if not cfg.services.weights_address:
+            self.services.append(self._trainer_service(logs, py))
         self.controller_port = free_port()
         self.controller_url = f"{self.scheme}://127.0.0.1:{self.controller_port}"
         if with_controller:
@@ -381,20 +395,71 @@ class Launcher:
         if with_controller:
             self._wait_ready()
 
+    @staticmethod
+    def _service_args(command: str, name: str, settings: ServiceSettings, logs: Path) -> list[str]:
+        """`COMMAND --settings FILE` (after `dapo`), the file `NAME.settings.json` beside the logs."""
+        return [command, "--settings", str(write_settings(settings, logs / f"{name}.settings.json"))]
+
+    def _reward_service(self, logs: Path, py: list[str]) -> ServiceProcess:
+        port = free_port()
+        self.reward_address = f"127.0.0.1:{port}"
+        settings = reward_settings(self.config, "127.0.0.1", port, free_port())
+        return ServiceProcess(
+            "reward",
+            [*py, *self._service_args("reward", "reward", settings, logs)],
+            logs / "reward.log",
+            env=self.cpu_plan.threads(self.cpu_plan.shared),
+            cpus=self.cpu_plan.shared,
+        )
+
+    def _rollout_service(self, logs: Path, py: list[str], index: int) -> ServiceProcess:
+        port = free_port()
+        self.rollout_addresses.append(f"127.0.0.1:{port}")
+        settings = rollout_settings(self.config, index, "127.0.0.1", port, free_port(), self.weights_address)
+        env = {
+            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+            **self.cpu_plan.threads(self.cpu_plan.rollout),
+        }
+        gpus = self.rollout_gpus[index]
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        name = f"rollout-{index}"
+        return ServiceProcess(
+            name,
+            [*py, *self._service_args("rollout", name, settings, logs)],
+            logs / f"{name}.log",
+            env=env,
+            nice=0 if gpus else ROLLOUT_CPU_NICE,
+            cpus=self.cpu_plan.rollout,
+        )
+
+    def _trainer_service(self, logs: Path, py: list[str]) -> ServiceProcess:
+        assert self.redis_url is not None  # set by start()
+        publisher_port = int(self.weights_address.rsplit(":", 1)[1])
+        settings = trainer_settings(self.config, self.redis_url, "127.0.0.1", publisher_port, free_port())
+        trainer = self._service_args("trainer", "trainer", settings, logs)
+        nproc = self.trainer_ranks
+        cmd = [*py, *trainer]
+        if nproc > 1:
+            torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+            cmd = [*torchrun, f"--master_port={free_port()}", "-m", "dapo.cli", *trainer]
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(self.trainer_gpus)} if self.trainer_gpus else {}
+        env.update(self.cpu_plan.threads(self.cpu_plan.trainer, nproc))
+        return ServiceProcess("trainer", cmd, logs / "trainer.log", env=env, cpus=self.cpu_plan.trainer)
+
     def _controller_service(self, logs: Path, py: list[str]) -> ServiceProcess:
         assert self.redis_url is not None and self.reward_address is not None  # set by start()
+        settings = controller_settings(
+            self.config,
+            self.redis_url,
+            "127.0.0.1",
+            self.controller_port,
+            self.rollout_addresses,
+            self.reward_address,
+        )
         return ServiceProcess(
             "controller",
-            [
-                *py,
-                *controller_args(
-                    self.config,
-                    "127.0.0.1",
-                    self.controller_port,
-                    self.rollout_addresses,
-                    self.reward_address,
-                ),
-            ],
+            [*py, *self._service_args("controller", "controller", settings, logs)],
             logs / "controller.log",
             env=self.cpu_plan.threads(self.cpu_plan.shared),
             cpus=self.cpu_plan.shared,
@@ -630,35 +695,64 @@ def _summary(records: list[dict[str, Any]]) -> str:
     )
 
 
-def main(argv: list[str]) -> int:
-    mode, rest = argv[0], argv[1:]
-    parser = argparse.ArgumentParser(prog=f"dapo {mode}", description=__doc__)
-    parser.add_argument("config", nargs="?" if mode == "up" else None, help="YAML run config")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    args = parser.parse_args(rest)
+def checked_config(config_path: str | None, overrides: list[str], attached: str | None) -> RunConfig:
+    """The run config, and (unless the services run elsewhere) whether this node can lay it out;
+    ConfigError naming the key otherwise."""
+    config = load_config(config_path, overrides)
+    if not attached:
+        check_layout(config)
+        check_model(config)
+        check_wandb(config)
+        _gpu_split(config)
+        plan_cpu_sets(config)
+    return config
+
+
+def serve_forever(launcher: Launcher) -> NoReturn:
+    """`dapo up`: say where everything is, then supervise the services until interrupted."""
+    print(
+        f"controller {launcher.controller_url}  reward {launcher.reward_address}  "
+        f"rollout {','.join(launcher.rollout_addresses)}  weights {launcher.weights_address}  "
+        f"redis {auth.redact_url(launcher.redis_url or '')}\nlogs in {launcher.work_dir}; Ctrl-C stops everything"
+    )
+    while True:
+        launcher.supervise()
+        time.sleep(1.0)
+
+
+def run_once(launcher: Launcher, attached: str | None) -> int:
+    """`dapo run`: submit the run, follow it, write its outputs; 0 only if it succeeded uninterrupted."""
+    run_id = launcher.submit()
+    where = "" if attached else f" (logs: {launcher.work_dir})"
+    print(f"run {run_id} submitted to {launcher.controller_url}{where}")
+    interrupted = False
     try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"dapo {mode}: {exc}", file=sys.stderr)
-        return 2
+        run = launcher.follow()
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: stopping the run", file=sys.stderr)
+        launcher.request_stop()
+        run = launcher.http.get(f"{launcher.controller_url}/v1/runs/{run_id}", timeout=10).json()
+    out = launcher.write_outputs(run)
+    print(f"run {run_id} {run['status']}" + (f": {run['error']}" if run.get("error") else ""))
+    print(_summary(launcher.records))
+    print(f"metrics, TensorBoard events and plot in {out}")
+    return 0 if run["status"] == "succeeded" and not interrupted else 1
+
+
+def launch(mode: str, config_path: str | None, overrides: list[str]) -> int:
+    """`dapo run` (mode "run") or `dapo up` (mode "up"): its exit status (see the module docstring)."""
     # Under deploy/slurm/dapo.sub the services run already, over the job's nodes: submit to them.
     attached = os.environ.get(CONTROLLER_URL_ENV) if mode == "run" else None
     try:
-        if not attached:
-            check_layout(config)
-            check_model(config)
-            check_wandb(config)
-            _gpu_split(config)
-            plan_cpu_sets(config)
+        config = checked_config(config_path, overrides, attached)
     except ConfigError as exc:
         print(f"dapo {mode}: {exc}", file=sys.stderr)
         return 2
-    config_dict = config.model_dump(mode="json")
     work_dir = Path(config.logger.log_dir) / (
         "services" if mode == "up" else time.strftime("launch-%Y%m%d-%H%M%S")
     )
-    launcher = Launcher(config, work_dir, config_dict)
-    interrupted = False
+    launcher = Launcher(config, work_dir, config.model_dump(mode="json"))
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
@@ -671,29 +765,8 @@ def main(argv: list[str]) -> int:
         else:
             launcher.start()
         if mode == "up":
-            print(
-                f"controller {launcher.controller_url}  reward {launcher.reward_address}  "
-                f"rollout {','.join(launcher.rollout_addresses)}  weights {launcher.weights_address}  "
-                f"redis {auth.redact_url(launcher.redis_url or '')}\nlogs in {work_dir}; Ctrl-C stops everything"
-            )
-            while True:
-                launcher.supervise()
-                time.sleep(1.0)
-        run_id = launcher.submit()
-        where = "" if attached else f" (logs: {work_dir})"
-        print(f"run {run_id} submitted to {launcher.controller_url}{where}")
-        try:
-            run = launcher.follow()
-        except KeyboardInterrupt:
-            interrupted = True
-            print("interrupted: stopping the run", file=sys.stderr)
-            launcher.request_stop()
-            run = launcher.http.get(f"{launcher.controller_url}/v1/runs/{run_id}", timeout=10).json()
-        out = launcher.write_outputs(run)
-        print(f"run {run_id} {run['status']}" + (f": {run['error']}" if run.get("error") else ""))
-        print(_summary(launcher.records))
-        print(f"metrics, TensorBoard events and plot in {out}")
-        return 0 if run["status"] == "succeeded" and not interrupted else 1
+            serve_forever(launcher)
+        return run_once(launcher, attached)
     except KeyboardInterrupt:
         return 130
     except RuntimeError as exc:

@@ -24,7 +24,6 @@ secret is ever part of the plan or of a command line.
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from dataclasses import dataclass
@@ -274,26 +273,19 @@ def format_plan(variables: dict[str, str], steps: list[Step]) -> str:
 def parse_node(text: str) -> Node:
     name, sep, address = text.partition("=")
     if not sep or not name or not address:
-        raise argparse.ArgumentTypeError(f"expected NAME=ADDRESS, got {text!r}")
+        raise ValueError(f"expected NAME=ADDRESS, got {text!r}")
     return Node(name, address)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="dapo slurm-plan", description=__doc__.splitlines()[0])
-    parser.add_argument("config", help="YAML run config")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    parser.add_argument(
-        "--node", type=parse_node, action="append", required=True, help="NAME=ADDRESS, in job order"
-    )
-    parser.add_argument("--job-dir", type=Path, required=True, help="the job's folder (logs, Redis data)")
-    parser.add_argument("--port-base", type=int, default=18000, help="first port of the services")
-    parser.add_argument("--python", default=sys.executable, help="the Python that runs the services")
-    args = parser.parse_args(argv)
+def print_plan(
+    config_path: str, overrides: list[str], nodes: list[Node], job_dir: Path, port_base: int, python: str
+) -> int:
+    """Print the plan of `config_path` over `nodes`; exit status 2 (and the problem) on a bad config."""
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(config_path, overrides)
         check_model(config)
         check_wandb(config)
-        variables, steps = plan(config, args.node, args.job_dir.resolve(), args.port_base, args.python)
+        variables, steps = plan(config, nodes, job_dir.resolve(), port_base, python)
     except ConfigError as exc:
         print(f"dapo slurm-plan: {exc}", file=sys.stderr)
         return 2

@@ -2,65 +2,79 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from dapo.commands import Flags, SettingsFile, parse_with, resolve_or_usage_error
 
 if TYPE_CHECKING:
-    from dapo_reward.service import RewardOptions
+    from dapo_reward.settings import RewardSettings
+
+# typer reads these annotations at run time: Optional[...] (not `X | None`) is what it understands.
+# ruff: noqa: UP045
 
 
-def parse_options(argv: list[str]) -> RewardOptions:
-    """The service's options: flags over the run config's env.math (grading options included)."""
-    parser = argparse.ArgumentParser(prog="dapo reward", description=__doc__)
-    parser.add_argument("--config", help="run config YAML whose env.math section gives the defaults")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--grpc-port", type=int, default=50052)
-    parser.add_argument("--http-port", type=int, default=8002)
-    parser.add_argument("--workers", type=int, help="verifier worker processes (default: env.math.workers)")
-    parser.add_argument("--timeout", type=int, help="whole seconds per item (default: env.math.timeout)")
-    parser.add_argument("--max-response-chars", type=int, help="longer answers score too_large")
-    parser.add_argument("--cache-size", type=int, default=100_000, help="verdicts kept in the LRU cache")
-    args = parser.parse_args(argv)
+def options(
+    settings: Annotated[Optional[str], SettingsFile] = None,
+    config: Annotated[
+        Optional[str], typer.Option(help="run config YAML whose env.math section gives the defaults")
+    ] = None,
+    host: Annotated[Optional[str], typer.Option(help="bind address (default 127.0.0.1)")] = None,
+    grpc_port: Annotated[Optional[int], typer.Option(help="gRPC port (default 50052)")] = None,
+    http_port: Annotated[Optional[int], typer.Option(help="REST port (default 8002)")] = None,
+    workers: Annotated[
+        Optional[int], typer.Option(help="verifier worker processes (default: env.math.workers)")
+    ] = None,
+    timeout: Annotated[
+        Optional[int], typer.Option(help="whole seconds per item (default: env.math.timeout)")
+    ] = None,
+    max_response_chars: Annotated[Optional[int], typer.Option(help="longer answers score too_large")] = None,
+    cache_size: Annotated[
+        Optional[int], typer.Option(help="verdicts kept in the LRU cache (default 100000)")
+    ] = None,
+) -> Flags:
+    """Math-answer verification over gRPC and REST: flags over --settings over the run config's env.math."""
+    flags = {
+        "host": host,
+        "grpc_port": grpc_port,
+        "http_port": http_port,
+        "workers": workers,
+        "timeout": timeout,
+        "max_response_chars": max_response_chars,
+        "cache_size": cache_size,
+    }
+    return {**flags, "settings": settings, "config": config}
 
-    from dapo.config import ConfigError, MathEnvConfig, load_config
 
+def resolve(flags: Flags) -> RewardSettings:
+    """The settings the parsed options give: flags over the file over the run config's env.math."""
+    from dapo.config import ConfigError, load_config
+    from dapo_reward.settings import RewardSettings, math_fields
+
+    settings_file, config = flags.pop("settings"), flags.pop("config")
     try:
-        math_cfg = load_config(args.config).env.math if args.config else MathEnvConfig()
-        math_cfg = MathEnvConfig.model_validate(
-            {
-                **math_cfg.model_dump(exclude_unset=True),
-                **{
-                    k: v
-                    for k, v in {
-                        "workers": args.workers,
-                        "timeout": args.timeout,
-                        "max_response_chars": args.max_response_chars,
-                    }.items()
-                    if v is not None
-                },
-            }
-        )
-    except (ConfigError, ValueError) as exc:
-        parser.error(str(exc))
-    from dapo_reward.service import RewardOptions
-
-    return RewardOptions(
-        host=args.host,
-        grpc_port=args.grpc_port,
-        http_port=args.http_port,
-        workers=math_cfg.workers,
-        timeout=math_cfg.timeout,
-        max_response_chars=math_cfg.max_response_chars,
-        cache_size=args.cache_size,
-        math_verify=math_cfg.math_verify,
-    )
+        fallbacks = math_fields(load_config(config).env.math) if config else {}
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config") from None
+    return resolve_or_usage_error(RewardSettings, settings_file, flags, fallbacks)
 
 
-def main(argv: list[str]) -> int:
-    options = parse_options(argv)
+def parse_options(argv: list[str]) -> RewardSettings:
+    """The service's settings from a command line (`dapo reward ARGS`)."""
+    return parse_with(options, resolve, argv, "dapo reward")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return serve_settings(parse_options(list(sys.argv[1:] if argv is None else argv)))
+
+
+def serve_settings(options: RewardSettings) -> int:
+    """Serve until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from dapo_reward.service import RewardService
 

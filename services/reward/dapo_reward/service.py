@@ -4,32 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
 
 import uvicorn
 
 from dapo import auth
-from dapo.config.schema import MathVerifyConfig
 from dapo_reward.grpc_server import build_grpc_server
 from dapo_reward.http_app import create_http_app
 from dapo_reward.pool import WorkerPool
 from dapo_reward.scoring import Scorer
-
-
-@dataclass
-class RewardOptions:
-    host: str = "127.0.0.1"
-    grpc_port: int = 50052
-    http_port: int = 8002
-    workers: int = 2
-    timeout: int = 5
-    max_response_chars: int = 100_000
-    cache_size: int = 100_000
-    math_verify: MathVerifyConfig = field(default_factory=MathVerifyConfig)
+from dapo_reward.settings import RewardSettings
 
 
 class RewardService:
-    def __init__(self, options: RewardOptions) -> None:
+    def __init__(self, options: RewardSettings) -> None:
         self.options = options
         self.pool = WorkerPool(options.workers, options.timeout)
         self.scorer = Scorer(

@@ -1,73 +1,100 @@
-"""`dapo rollout`: parse the flags, then start the rollout server (vLLM is imported only after parsing)."""
+"""`dapo rollout`: serve a policy with vLLM over gRPC (vLLM is imported only after the options are parsed)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import os
+import sys
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
-from dapo.hub import NotInCacheError, resolve_model_dir
+import typer
 
+from dapo.commands import Flags, SettingsFile, parse_with, resolve_or_usage_error
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="dapo rollout", description="Serve a policy with vLLM over gRPC.")
-    p.add_argument("--model", required=True, help="Hugging Face model directory")
-    start = p.add_mutually_exclusive_group()
-    start.add_argument("--version", type=int, default=0, help="policy version the on-disk weights count as")
-    start.add_argument(
-        "--wait-for-weights",
-        action="store_true",
-        help="start from the architecture only; NOT_SERVING until the first weights arrive",
-    )
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=50051, help="gRPC port")
-    p.add_argument("--metrics-port", type=int, default=8001, help="Prometheus /metrics port (0: off)")
-    p.add_argument("--weights-address", default=None, help="host:port of the trainer's WeightPublisher")
-    p.add_argument("--poll-seconds", type=float, default=3.0, help="how often to ask the publisher")
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--dtype", default=None, help="engine dtype (default: float32 on CPU, the model's on GPU)")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument(
-        "--tensor-parallel-size",
-        type=_tensor_parallel_flag,
-        default="auto",
-        help="GPUs to shard the model over (vLLM tensor parallelism); auto = every visible GPU (1 on CPU)",
-    )
-    eager = p.add_mutually_exclusive_group()
-    eager.add_argument("--enforce-eager", dest="enforce_eager", action="store_true", default=None)
-    eager.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false")
-    p.add_argument("--hf-overrides", type=json.loads, default={}, help="JSON object over config.json")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--allow-inflight-updates",
-        action="store_true",
-        help="swap weights without waiting for calls in flight (their samples carry the older version)",
-    )
-    p.add_argument("--log-level", default="INFO")
-    args = p.parse_args(argv)
-    if args.version < 0:
-        p.error(f"--version must be >= 0, got {args.version}")
-    if not 0 < args.gpu_memory_utilization <= 1:
-        p.error(f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization}")
-    if args.poll_seconds <= 0:
-        p.error(f"--poll-seconds must be positive, got {args.poll_seconds}")
-    try:
-        args.model = str(resolve_model_dir(args.model, "--model"))
-    except NotInCacheError as exc:
-        p.error(str(exc))
-    if not os.path.isfile(os.path.join(args.model, "config.json")):
-        p.error(f"--model {args.model}: no config.json there (expected a Hugging Face model directory)")
-    return args
+if TYPE_CHECKING:
+    from dapo_rollout.settings import RolloutSettings
+
+# typer reads these annotations at run time: Optional[...] (not `X | None`) is what it understands.
+# ruff: noqa: UP045
 
 
 def _tensor_parallel_flag(value: str) -> int | str:
     if value == "auto":
         return value
     if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a whole number >= 1, got {value}")
+        raise typer.BadParameter(f"must be 'auto' or a whole number >= 1, got {value}")
     return int(value)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter(f"must be a JSON object, got {text}")
+    return value
+
+
+def options(
+    settings: Annotated[Optional[str], SettingsFile] = None,
+    model: Annotated[
+        Optional[str], typer.Option(help="Hugging Face model directory (required here or in --settings)")
+    ] = None,
+    version: Annotated[
+        Optional[int], typer.Option(help="policy version the on-disk weights count as (default 0)")
+    ] = None,
+    wait_for_weights: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--wait-for-weights",
+            help="start from the architecture only; NOT_SERVING until the first weights arrive",
+        ),
+    ] = None,
+    host: Annotated[Optional[str], typer.Option(help="bind address (default 0.0.0.0)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="gRPC port (default 50051)")] = None,
+    metrics_port: Annotated[
+        Optional[int], typer.Option(help="Prometheus /metrics port (0: off; default 8001)")
+    ] = None,
+    weights_address: Annotated[
+        Optional[str], typer.Option(help="host:port of the trainer's WeightPublisher")
+    ] = None,
+    poll_seconds: Annotated[
+        Optional[float], typer.Option(help="how often to ask the publisher (default 3)")
+    ] = None,
+    max_model_len: Annotated[Optional[int], typer.Option(help="prompt plus answer tokens")] = None,
+    dtype: Annotated[
+        Optional[str], typer.Option(help="engine dtype (default: float32 on CPU, the model's on GPU)")
+    ] = None,
+    gpu_memory_utilization: Annotated[Optional[float], typer.Option(help="default 0.9")] = None,
+    tensor_parallel_size: Annotated[
+        Optional[str],
+        typer.Option(
+            parser=_tensor_parallel_flag,
+            help="GPUs to shard the model over (vLLM tensor parallelism); auto (the default) = every "
+            "visible GPU (1 on CPU)",
+        ),
+    ] = None,
+    enforce_eager: Annotated[
+        Optional[bool], typer.Option("--enforce-eager/--no-enforce-eager", help="no CUDA graphs")
+    ] = None,
+    hf_overrides: Annotated[
+        Optional[dict[str, Any]], typer.Option(parser=_json_object, help="JSON object over config.json")
+    ] = None,
+    seed: Annotated[Optional[int], typer.Option(help="default 0")] = None,
+    allow_inflight_updates: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--allow-inflight-updates",
+            help="swap weights without waiting for calls in flight (their samples carry the older version)",
+        ),
+    ] = None,
+    log_level: Annotated[Optional[str], typer.Option(help="default INFO")] = None,
+) -> Flags:
+    """Serve a policy with vLLM over gRPC."""
+    return dict(locals())
 
 
 def tensor_parallel_size(flag: int | str) -> int:
@@ -81,9 +108,28 @@ def tensor_parallel_size(flag: int | str) -> int:
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
+def resolve(flags: Flags) -> RolloutSettings:
+    """The settings the parsed options give (the file's, the flags over them)."""
+    from dapo_rollout.settings import RolloutSettings
+
+    settings_file = flags.pop("settings")
+    return resolve_or_usage_error(RolloutSettings, settings_file, flags)
+
+
+def parse_args(argv: list[str] | None = None) -> RolloutSettings:
+    """The server's settings from a command line (`dapo rollout ARGS`)."""
+    return parse_with(options, resolve, list(sys.argv[1:] if argv is None else argv), "dapo rollout")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return serve_settings(parse_args(argv))
+
+
+def serve_settings(args: RolloutSettings) -> int:
+    """Start the server (imports vLLM) and serve until SIGTERM."""
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from dapo_rollout.engine import EngineOptions
     from dapo_rollout.service import ServerOptions, serve

@@ -8,94 +8,107 @@ Runs under torchrun on any number of ranks and nodes, or as plain Python (one ra
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Optional
 
-from dapo.dtypes import SERVED_DTYPES
+import typer
 
+from dapo.commands import Flags, SettingsFile, parse_with, resolve_or_usage_error
 
-@dataclass(frozen=True)
-class TrainerOptions:
-    """What the flags say; the run itself comes from Redis (the assignment) or --run-id/--config."""
+if TYPE_CHECKING:
+    from dapo_trainer.settings import TrainerSettings
 
-    redis_url: str
-    run_id: str | None
-    config_path: str | None
-    overrides: tuple[str, ...]
-    publisher_host: str
-    publisher_port: int
-    metrics_port: int | None
-    weights_dtype: str
-    exit_when_done: bool
-    poll_interval_s: float
-    heartbeat_ttl_s: float
-    redis_retry_s: float
+# typer reads these annotations at run time: Optional[...] (not `X | None`) is what it understands.
+# ruff: noqa: UP045
 
 
-def parse_args(argv: list[str]) -> TrainerOptions:
-    parser = argparse.ArgumentParser(prog="dapo trainer", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("REDIS_URL"), help="Redis URL (default: $REDIS_URL)"
-    )
-    parser.add_argument("--run-id", help="serve this run instead of waiting for the trainer assignment")
-    parser.add_argument("--config", help="run config YAML/JSON for --run-id (default: the run record's)")
-    parser.add_argument("--publisher-host", default="0.0.0.0", help="weight publisher bind address")
-    parser.add_argument("--publisher-port", type=int, default=50053, help="weight publisher gRPC port")
-    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (rank 0)")
-    parser.add_argument(
-        "--weights-dtype",
-        default="auto",
-        choices=["auto", *SERVED_DTYPES],
-        help="dtype of published weights and HF exports; auto = the model directory's dtype "
-        "(what the rollout engine loads with dtype=auto)",
-    )
-    parser.add_argument(
-        "--exit-when-done", action="store_true", help="exit once the run ends instead of waiting for the next"
-    )
-    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between Redis polls")
-    parser.add_argument("--heartbeat-ttl", type=float, default=10.0, help="TTL of the heartbeat key (s)")
-    parser.add_argument(
-        "--redis-retry-timeout",
-        type=float,
-        default=30.0,
-        help="seconds to retry an unreachable Redis before exiting",
-    )
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides of --config")
-    args = parser.parse_args(argv)
-    if not args.redis_url:
-        parser.error("--redis-url is required (or set $REDIS_URL)")
-    if args.config and not args.run_id:
-        parser.error("--config needs --run-id")
-    if args.overrides and not args.config:
-        parser.error("key=value overrides need --config")
-    return TrainerOptions(
-        redis_url=args.redis_url,
-        run_id=args.run_id,
-        config_path=args.config,
-        overrides=tuple(args.overrides),
-        publisher_host=args.publisher_host,
-        publisher_port=args.publisher_port,
-        metrics_port=args.metrics_port,
-        weights_dtype=args.weights_dtype,
-        exit_when_done=args.exit_when_done,
-        poll_interval_s=args.poll_interval,
-        heartbeat_ttl_s=args.heartbeat_ttl,
-        redis_retry_s=args.redis_retry_timeout,
-    )
+def options(
+    overrides: Annotated[
+        Optional[list[str]], typer.Argument(help="dotted key=value overrides of --config", show_default=False)
+    ] = None,
+    settings: Annotated[Optional[str], SettingsFile] = None,
+    redis_url: Annotated[Optional[str], typer.Option(help="Redis URL (default: $REDIS_URL)")] = None,
+    run_id: Annotated[
+        Optional[str], typer.Option(help="serve this run instead of waiting for the trainer assignment")
+    ] = None,
+    config: Annotated[
+        Optional[str], typer.Option(help="run config YAML/JSON for --run-id (default: the run record's)")
+    ] = None,
+    publisher_host: Annotated[
+        Optional[str], typer.Option(help="weight publisher bind address (default 0.0.0.0)")
+    ] = None,
+    publisher_port: Annotated[
+        Optional[int], typer.Option(help="weight publisher gRPC port (default 50053)")
+    ] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Prometheus port (rank 0)")] = None,
+    weights_dtype: Annotated[
+        Optional[str],
+        typer.Option(
+            help="auto|float32|bfloat16|float16: dtype of published weights and HF exports; auto (the "
+            "default) = the model directory's dtype (what the rollout engine loads with dtype=auto)"
+        ),
+    ] = None,
+    exit_when_done: Annotated[
+        Optional[bool],
+        typer.Option("--exit-when-done", help="exit once the run ends instead of waiting for the next"),
+    ] = None,
+    poll_interval: Annotated[
+        Optional[float], typer.Option(help="seconds between Redis polls (default 1)")
+    ] = None,
+    heartbeat_ttl: Annotated[
+        Optional[float], typer.Option(help="TTL of the heartbeat key (s; default 10)")
+    ] = None,
+    redis_retry_timeout: Annotated[
+        Optional[float],
+        typer.Option(help="seconds to retry an unreachable Redis before exiting (default 30)"),
+    ] = None,
+) -> Flags:
+    """Serve training runs (one rank; under torchrun every rank runs this)."""
+    flags = {
+        "redis_url": redis_url,
+        "run_id": run_id,
+        "config_path": config,
+        "overrides": tuple(overrides) if overrides else None,
+        "publisher_host": publisher_host,
+        "publisher_port": publisher_port,
+        "metrics_port": metrics_port,
+        "weights_dtype": weights_dtype,
+        "exit_when_done": exit_when_done,
+        "poll_interval_s": poll_interval,
+        "heartbeat_ttl_s": heartbeat_ttl,
+        "redis_retry_s": redis_retry_timeout,
+    }
+    return {**flags, "settings": settings}
+
+
+def resolve(flags: Flags) -> TrainerSettings:
+    """The settings the parsed options give (the file's, the flags over them)."""
+    from dapo_trainer.settings import TrainerSettings
+
+    settings_file = flags.pop("settings")
+    return resolve_or_usage_error(TrainerSettings, settings_file, flags)
+
+
+def parse_args(argv: list[str]) -> TrainerSettings:
+    """The trainer's settings from a command line (`dapo trainer ARGS`)."""
+    return parse_with(options, resolve, argv, "dapo trainer")
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = parse_args(list(sys.argv[1:] if argv is None else argv))
+    return serve_settings(parse_args(list(sys.argv[1:] if argv is None else argv)))
+
+
+def serve_settings(settings: TrainerSettings) -> int:
+    """Serve runs with these settings (imports torch)."""
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s trainer[{rank}] %(levelname)s %(name)s: %(message)s"
     )
     from dapo_trainer.service import serve  # imports torch
 
-    return serve(options)
+    return serve(settings)
 
 
 if __name__ == "__main__":

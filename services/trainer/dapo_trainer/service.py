@@ -14,13 +14,9 @@ collective that failed because a peer died (that peer reports, or its silence is
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
-import threading
 import time
-from typing import Any
 
 import redis as redis_lib
 
@@ -29,62 +25,17 @@ from dapo.config import RunConfig, load_config
 from dapo.records import TERMINAL_STATUSES, event_entry
 from dapo.stream_limits import StreamLimits
 from dapo_trainer.distributed import DistContext, broadcast, setup_distributed, teardown_distributed
-from dapo_trainer.main import TrainerOptions
+from dapo_trainer.heartbeat import Heartbeat
 from dapo_trainer.metrics import METRICS, RunReporter
 from dapo_trainer.publish import WeightOutlet
 from dapo_trainer.redis_io import RedisUnavailable, RetryingRedis
+from dapo_trainer.settings import TrainerSettings
 from dapo_trainer.train import TrainerLinks, train
 
 log = logging.getLogger(__name__)
 
 
-class Heartbeat:
-    """Rank 0's liveness key, refreshed from a daemon thread every `ttl_s / 4` seconds."""
-
-    def __init__(self, url: str, ttl_s: float) -> None:
-        self.client = redis_lib.Redis.from_url(
-            url, socket_timeout=5.0, socket_connect_timeout=5.0, **auth.redis_options(url)
-        )
-        self.ttl_ms = int(ttl_s * 1000)
-        self.value: dict[str, Any] = {
-            "run_id": None,
-            "version": None,
-            "step": None,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-        }
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="trainer-heartbeat", daemon=True)
-
-    def start(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def update(self, **fields: Any) -> None:
-        with self._lock:
-            self.value.update(fields)
-        self._beat()
-
-    def _beat(self) -> None:
-        with self._lock:
-            value = json.dumps(self.value)
-        try:
-            self.client.set(keys.trainer_heartbeat(), value, px=self.ttl_ms)
-        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:  # the main loop reports outages
-            log.warning("heartbeat not written: %s", exc)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.ttl_ms / 4000):
-            self._beat()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.client.close()
-
-
-def _config_from_options(options: TrainerOptions, redis: RetryingRedis) -> str | None:
+def _config_from_options(options: TrainerSettings, redis: RetryingRedis) -> str | None:
     if options.config_path:
         return load_config(options.config_path, list(options.overrides)).model_dump_json()
     raw = redis.hget(keys.run_record(options.run_id or ""), "config")
@@ -92,7 +43,7 @@ def _config_from_options(options: TrainerOptions, redis: RetryingRedis) -> str |
 
 
 def _poll_assignment(
-    options: TrainerOptions, redis: RetryingRedis, finished: set[str]
+    options: TrainerSettings, redis: RetryingRedis, finished: set[str]
 ) -> tuple[str, str] | None:
     """Rank 0: (run_id, config JSON) to serve now, or None."""
     if options.run_id:
@@ -109,7 +60,7 @@ def _poll_assignment(
 
 
 def wait_for_assignment(
-    options: TrainerOptions, redis: RetryingRedis | None, ctx: DistContext, finished: set[str]
+    options: TrainerSettings, redis: RetryingRedis | None, ctx: DistContext, finished: set[str]
 ) -> tuple[str, RunConfig]:
     """Every rank: block until rank 0 finds a run with a valid config."""
     announced = False
@@ -137,7 +88,7 @@ def wait_for_assignment(
         time.sleep(options.poll_interval_s)
 
 
-def serve(options: TrainerOptions) -> int:
+def serve(options: TrainerSettings) -> int:
     ctx = setup_distributed()
     redis: RetryingRedis | None = None
     heartbeat: Heartbeat | None = None
@@ -195,7 +146,7 @@ def serve(options: TrainerOptions) -> int:
 
 
 def _open_outlet(
-    options: TrainerOptions, redis: RetryingRedis, run_id: str, config: RunConfig
+    options: TrainerSettings, redis: RetryingRedis, run_id: str, config: RunConfig
 ) -> WeightOutlet:
     """The weight publisher of one run: its push targets, and push failures as its events."""
     reporter = RunReporter(redis, run_id, StreamLimits.of(config.services))

@@ -38,6 +38,7 @@ from dapo_trainer.checkpoint import (
 )
 from dapo_trainer.distributed import DistContext, broadcast
 from dapo_trainer.fsdp import load_full_state_dict, shard_model
+from dapo_trainer.heartbeat import Heartbeat
 from dapo_trainer.ledger import LedgerEntry
 from dapo_trainer.metrics import METRICS, RunReporter
 from dapo_trainer.model import LogprobModel, ModelInfo, load_model, read_model_info
@@ -61,7 +62,7 @@ class TrainerLinks:
     poll_interval_s: float
     exit_when_done: bool
     follow_assignment: bool
-    heartbeat: object | None = None  # dapo_trainer.service.Heartbeat (rank 0)
+    heartbeat: Heartbeat | None = None  # rank 0 only
 
 
 @dataclass(frozen=True)
@@ -459,4 +460,4 @@ def _commit_final(run: Run) -> None:
 
 def _set_heartbeat(links: TrainerLinks, run_id: str | None, state: TrainerState) -> None:
     if links.heartbeat is not None:
-        links.heartbeat.update(run_id=run_id, version=state.version, step=state.optimizer_step)  # type: ignore[attr-defined]
+        links.heartbeat.update(run_id=run_id, version=state.version, step=state.optimizer_step)
