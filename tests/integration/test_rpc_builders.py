@@ -297,11 +297,11 @@ def test_the_weight_publisher_answers_reflection_and_health() -> None:
 
 
 def test_the_reward_service_answers_reflection_and_health() -> None:
-    from dapo_reward.service import RewardOptions
+    from dapo_reward.settings import RewardSettings
 
     from tests.integration.test_reward_service import Running
 
-    running = Running(RewardOptions(grpc_port=0, http_port=0, workers=1, timeout=2, cache_size=0))
+    running = Running(RewardSettings(grpc_port=0, http_port=0, workers=1, timeout=2, cache_size=0))
     try:
         assert listed_services(running.grpc_address) == {REWARD, *STANDARD}
         assert health_status(running.grpc_address, REWARD) == SERVING
