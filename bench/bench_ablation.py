@@ -243,7 +243,8 @@ def main() -> None:
             (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(summarise(results, args))
     if args.plot:
-        plot(results, Path(args.plot), f"{args.task}: {args.steps} steps, seeds {args.seeds}")
+        seeds = ",".join(str(s) for s in sorted({r["seed"] for r in results}))  # with --append: all of them
+        plot(results, Path(args.plot), f"{args.task}: {args.steps} steps, seeds {seeds}")
     exit_if_failed(results)
 
 
