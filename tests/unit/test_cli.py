@@ -96,15 +96,15 @@ def test_exit_statuses(
 
 
 def test_the_flags_of_the_images_compose_and_helm_still_parse(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dapo_controller.main import parse_settings
-    from dapo_reward.main import parse_options
-    from dapo_rollout.main import parse_args as rollout
-    from dapo_trainer.main import parse_args as trainer
+    from dapo_controller.main import parse_settings as controller_settings
+    from dapo_reward.main import parse_settings as reward_settings
+    from dapo_rollout.main import parse_settings as rollout
+    from dapo_trainer.main import parse_settings as trainer
 
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
     model = str(ROOT / "examples/tiny-model")
     # docker/app.Dockerfile, docker-compose.yml, helm/dapo/templates/controller.yaml
-    controller = parse_settings(
+    controller = controller_settings(
         [
             "--host",
             "0.0.0.0",
@@ -123,7 +123,7 @@ def test_the_flags_of_the_images_compose_and_helm_still_parse(monkeypatch: pytes
     )
     assert controller.reward_address == "reward:50052"
     # docker/app.Dockerfile with compose's and reward.yaml's arguments
-    reward = parse_options(
+    reward = reward_settings(
         [
             "--host",
             "0.0.0.0",

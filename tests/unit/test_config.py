@@ -246,7 +246,7 @@ def test_config_imports_without_torch() -> None:
 
 
 def test_grading_options_reach_the_reward_service(tmp_path: Path) -> None:
-    from dapo_reward.main import parse_options
+    from dapo_reward.main import parse_settings
 
     assert load_config(None).env.math.math_verify.model_dump() == {
         "float_rounding": 6,
@@ -259,7 +259,7 @@ def test_grading_options_reach_the_reward_service(tmp_path: Path) -> None:
     config.write_text(
         "env:\n  math:\n    timeout: 3\n    math_verify: {float_rounding: 3, string_comparison: true}\n"
     )
-    options = parse_options(["--config", str(config), "--workers", "1"])
+    options = parse_settings(["--config", str(config), "--workers", "1"])
     assert (options.workers, options.timeout) == (1, 3)
     assert (options.math_verify.float_rounding, options.math_verify.string_comparison) == (3, True)
     assert options.math_verify.numeric_precision == 15

@@ -263,11 +263,11 @@ def test_rpc_timeout_s_is_the_deadline_of_the_trainers_weight_pushes(redis_serve
 
 def test_redis_timeout_s_is_how_long_the_started_services_retry_redis() -> None:
     from dapo_controller.launcher import controller_args, trainer_args
-    from dapo_trainer.main import parse_args
+    from dapo_trainer.main import parse_settings
 
     config = load_config(None, ["services.redis_timeout_s=12.5"])
     trainer = trainer_args(config, "127.0.0.1", 1, 2)[1:]  # after the `trainer` subcommand
-    assert parse_args([*trainer, "--redis-url", "redis://127.0.0.1:1/0"]).redis_retry_s == 12.5
+    assert parse_settings([*trainer, "--redis-url", "redis://127.0.0.1:1/0"]).redis_retry_s == 12.5
     controller = controller_args(config, "127.0.0.1", 1, ["127.0.0.1:2"], "127.0.0.1:3")
     assert controller[controller.index("--redis-retry-timeout") + 1] == "12.5"
 
@@ -327,12 +327,12 @@ def test_shuffle_decides_the_order_of_the_first_epoch(shuffle: bool) -> None:
 
 
 def test_max_response_chars_from_the_config_reaches_the_reward_service(tmp_path: Path) -> None:
-    from dapo_reward.main import parse_options
+    from dapo_reward.main import parse_settings
 
     config_file = tmp_path / "run.yaml"
     config_file.write_text("env:\n  math:\n    max_response_chars: 123\n")
-    assert parse_options(["--config", str(config_file)]).max_response_chars == 123
-    assert parse_options(["--config", str(config_file), "--max-response-chars", "9"]).max_response_chars == 9
+    assert parse_settings(["--config", str(config_file)]).max_response_chars == 123
+    assert parse_settings(["--config", str(config_file), "--max-response-chars", "9"]).max_response_chars == 9
     args = reward_args(load_config(str(config_file)), "127.0.0.1", 1, 2)
     assert args[args.index("--max-response-chars") + 1] == "123"  # what `dapo run` starts it with
 

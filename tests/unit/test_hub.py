@@ -74,12 +74,12 @@ def test_dapo_run_refuses_a_missing_model_before_starting_anything(hf_home: Path
 
 
 def test_the_rollout_server_takes_a_hub_id(hf_home: Path) -> None:
-    from dapo_rollout.main import parse_args
+    from dapo_rollout.main import parse_settings
 
     snapshot = fake_hub_cache(hf_home, "Qwen/Qwen2.5-1.5B", TINY)
-    assert parse_args(["--model", "Qwen/Qwen2.5-1.5B"]).model == str(snapshot)
+    assert parse_settings(["--model", "Qwen/Qwen2.5-1.5B"]).model == str(snapshot)
     with pytest.raises(SystemExit):
-        parse_args(["--model", "Org/Missing-7B"])
+        parse_settings(["--model", "Org/Missing-7B"])
 
 
 def test_the_trainer_reads_a_hub_id(hf_home: Path) -> None:

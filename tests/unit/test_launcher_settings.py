@@ -12,9 +12,9 @@ import pytest
 from dapo_controller import launcher as launch
 from dapo_controller.launcher import Launcher, ServiceProcess
 from dapo_controller.main import parse_settings as parse_controller
-from dapo_reward.main import parse_options as parse_reward
-from dapo_rollout.main import parse_args as parse_rollout
-from dapo_trainer.main import parse_args as parse_trainer
+from dapo_reward.main import parse_settings as parse_reward
+from dapo_rollout.main import parse_settings as parse_rollout
+from dapo_trainer.main import parse_settings as parse_trainer
 
 from dapo.config import load_config
 

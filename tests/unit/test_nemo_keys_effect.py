@@ -107,9 +107,11 @@ def test_vllm_cfg_reaches_the_rollout_flags() -> None:
     assert flags["--gpu-memory-utilization"] == "0.6" and flags["--dtype"] == "bfloat16"
     assert "--no-enforce-eager" in args
     assert json.loads(args[args.index("--hf-overrides") + 1]) == {"max_position_embeddings": 4096}
-    from dapo_rollout.main import parse_args
+    from dapo_rollout.main import parse_settings
 
-    parsed = parse_args([*args, "--model", str(Path(__file__).resolve().parents[2] / "examples/tiny-model")])
+    parsed = parse_settings(
+        [*args, "--model", str(Path(__file__).resolve().parents[2] / "examples/tiny-model")]
+    )
     assert (parsed.tensor_parallel_size, parsed.enforce_eager) == (2, False)
     assert parsed.hf_overrides == {"max_position_embeddings": 4096}
     # max_model_len defaults to policy.max_total_sequence_length

@@ -10,11 +10,11 @@ import pytest
 import yaml
 from dapo_controller.main import parse_settings as controller_settings
 from dapo_controller.settings import ControllerSettings
-from dapo_reward.main import parse_options as reward_settings
+from dapo_reward.main import parse_settings as reward_settings
 from dapo_reward.settings import RewardSettings
-from dapo_rollout.main import parse_args as rollout_settings
+from dapo_rollout.main import parse_settings as rollout_settings
 from dapo_rollout.settings import RolloutSettings
-from dapo_trainer.main import parse_args as trainer_settings
+from dapo_trainer.main import parse_settings as trainer_settings
 from dapo_trainer.settings import TrainerSettings
 
 from dapo.config import ConfigError, MathEnvConfig, ServicesConfig

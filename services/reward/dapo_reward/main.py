@@ -64,13 +64,13 @@ def resolve(flags: Flags) -> RewardSettings:
     return resolve_or_usage_error(RewardSettings, settings_file, flags, fallbacks)
 
 
-def parse_options(argv: list[str]) -> RewardSettings:
+def parse_settings(argv: list[str]) -> RewardSettings:
     """The service's settings from a command line (`dapo reward ARGS`)."""
     return parse_with(options, resolve, argv, "dapo reward")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return serve_settings(parse_options(list(sys.argv[1:] if argv is None else argv)))
+    return serve_settings(parse_settings(list(sys.argv[1:] if argv is None else argv)))
 
 
 def serve_settings(options: RewardSettings) -> int:

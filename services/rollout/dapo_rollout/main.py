@@ -116,13 +116,13 @@ def resolve(flags: Flags) -> RolloutSettings:
     return resolve_or_usage_error(RolloutSettings, settings_file, flags)
 
 
-def parse_args(argv: list[str] | None = None) -> RolloutSettings:
+def parse_settings(argv: list[str] | None = None) -> RolloutSettings:
     """The server's settings from a command line (`dapo rollout ARGS`)."""
     return parse_with(options, resolve, list(sys.argv[1:] if argv is None else argv), "dapo rollout")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return serve_settings(parse_args(argv))
+    return serve_settings(parse_settings(argv))
 
 
 def serve_settings(args: RolloutSettings) -> int:

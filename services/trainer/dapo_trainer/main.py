@@ -91,13 +91,13 @@ def resolve(flags: Flags) -> TrainerSettings:
     return resolve_or_usage_error(TrainerSettings, settings_file, flags)
 
 
-def parse_args(argv: list[str]) -> TrainerSettings:
+def parse_settings(argv: list[str]) -> TrainerSettings:
     """The trainer's settings from a command line (`dapo trainer ARGS`)."""
     return parse_with(options, resolve, argv, "dapo trainer")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return serve_settings(parse_args(list(sys.argv[1:] if argv is None else argv)))
+    return serve_settings(parse_settings(list(sys.argv[1:] if argv is None else argv)))
 
 
 def serve_settings(settings: TrainerSettings) -> int:
