@@ -67,7 +67,7 @@ def _help(context: typer.Context) -> None:
 def run(config: Annotated[str, typer.Argument(help="YAML run config")], overrides: Overrides = None) -> None:
     """Launch every service locally (or submit to $DAPO_CONTROLLER_URL) and run one training run;
     exit status 0 only if the run succeeded."""
-    from dapo_controller.launcher import launch
+    from dapo.launch.launcher import launch
 
     raise typer.Exit(launch("run", config, overrides or []))
 
@@ -78,7 +78,7 @@ def up(
     overrides: Overrides = None,
 ) -> None:
     """Launch the services only (Ctrl-C stops everything)."""
-    from dapo_controller.launcher import launch
+    from dapo.launch.launcher import launch
 
     raise typer.Exit(launch("up", config, overrides or []))
 
@@ -158,7 +158,7 @@ def slurm_plan(
     python: Annotated[str, typer.Option(help="the Python that runs the services")] = sys.executable,
 ) -> None:
     """Where each service goes in a Slurm job, and its command (deploy/slurm/dapo.sub runs the plan)."""
-    from dapo_controller.slurm import parse_node, print_plan
+    from dapo.launch.slurm import parse_node, print_plan
 
     try:
         nodes = [parse_node(text) for text in node]

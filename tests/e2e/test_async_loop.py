@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from dapo_controller.launcher import Launcher
 
 from dapo import keys
 from dapo.batch import TrainBatch
 from dapo.config import load_config
+from dapo.launch.launcher import Launcher
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

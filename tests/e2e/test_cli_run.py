@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from dapo_controller.launcher import Launcher
 
 from dapo.config import load_config
 from dapo.healthcheck import check_grpc
+from dapo.launch.launcher import Launcher
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

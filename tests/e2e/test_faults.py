@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from dapo_controller.launcher import Launcher
 
 from dapo import keys
 from dapo.config import load_config
+from dapo.launch.launcher import Launcher
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dapo_controller.launcher import Launcher
 
 from dapo.config import load_config
+from dapo.launch.launcher import Launcher
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -13,10 +13,10 @@ import grpc
 import psutil
 import pytest
 import redis
-from dapo_controller.launcher import Launcher
 
 from dapo import auth, rpc
 from dapo.config import load_config
+from dapo.launch.launcher import Launcher
 from dapo.v1 import rollout_pb2, rollout_pb2_grpc
 from tests.certs import make_certs
 

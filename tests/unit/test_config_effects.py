@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 import torch
 from dapo_controller.groups import Group, Sample
-from dapo_controller.launcher import Launcher, reward_args
 from dapo_controller.loop import RunFailed, RunLoop, score_request
-from dapo_controller.slurm import layout
 from dapo_trainer.checkpoint import is_checkpoint_due
 from dapo_trainer.optim import build_optimizer
 from dapo_trainer.step import loss_options
@@ -24,6 +22,9 @@ from dapo_trainer.step import loss_options
 from dapo.algo.loss import token_losses
 from dapo.config import load_config, parse_config
 from dapo.data import DataError, PromptCursor, PromptRow, load_from_config
+from dapo.launch.launcher import Launcher
+from dapo.launch.services import controller_settings, reward_settings, trainer_settings
+from dapo.launch.slurm import layout
 from dapo.v1 import reward_pb2, rollout_pb2
 
 # two prompts of two answers a step (the default micro-batch of 4 divides the batch)
@@ -262,14 +263,12 @@ def test_rpc_timeout_s_is_the_deadline_of_the_trainers_weight_pushes(redis_serve
 
 
 def test_redis_timeout_s_is_how_long_the_started_services_retry_redis() -> None:
-    from dapo_controller.launcher import controller_args, trainer_args
-    from dapo_trainer.main import parse_settings
-
     config = load_config(None, ["services.redis_timeout_s=12.5"])
-    trainer = trainer_args(config, "127.0.0.1", 1, 2)[1:]  # after the `trainer` subcommand
-    assert parse_settings([*trainer, "--redis-url", "redis://127.0.0.1:1/0"]).redis_retry_s == 12.5
-    controller = controller_args(config, "127.0.0.1", 1, ["127.0.0.1:2"], "127.0.0.1:3")
-    assert controller[controller.index("--redis-retry-timeout") + 1] == "12.5"
+    assert trainer_settings(config, "redis://127.0.0.1:1/0", "127.0.0.1", 1, 2).redis_retry_s == 12.5
+    controller = controller_settings(
+        config, "redis://127.0.0.1:1/0", "127.0.0.1", 1, ["127.0.0.1:2"], "127.0.0.1:3"
+    )
+    assert controller.redis_retry_s == 12.5
 
 
 def test_binary_reward_reaches_the_score_request() -> None:
@@ -333,8 +332,8 @@ def test_max_response_chars_from_the_config_reaches_the_reward_service(tmp_path:
     config_file.write_text("env:\n  math:\n    max_response_chars: 123\n")
     assert parse_settings(["--config", str(config_file)]).max_response_chars == 123
     assert parse_settings(["--config", str(config_file), "--max-response-chars", "9"]).max_response_chars == 9
-    args = reward_args(load_config(str(config_file)), "127.0.0.1", 1, 2)
-    assert args[args.index("--max-response-chars") + 1] == "123"  # what `dapo run` starts it with
+    # what `dapo run` and the Slurm plan start it with
+    assert reward_settings(load_config(str(config_file)), "127.0.0.1", 1, 2).max_response_chars == 123
 
 
 # --- policy.optimizer, checkpointing, cluster, logger ---------------------------------------------------------------

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from dapo_controller.cpu_sets import cpu_list, plan_cpu_sets
-from dapo_controller.launcher import Launcher, ServiceProcess
 
 from dapo.config import ConfigError, load_config
+from dapo.launch.cpu_sets import cpu_list, plan_cpu_sets
+from dapo.launch.launcher import Launcher
+from dapo.launch.service_process import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "examples/configs/tiny_cpu.yaml"
@@ -103,7 +104,7 @@ def test_the_launcher_pins_each_service_and_says_so(
 ) -> None:
     started: list[ServiceProcess] = []
     monkeypatch.setattr(ServiceProcess, "start", lambda self: started.append(self))
-    monkeypatch.setattr("dapo_controller.cpu_sets.usable_cpus", lambda: [0, 1])
+    monkeypatch.setattr("dapo.launch.cpu_sets.usable_cpus", lambda: [0, 1])
     monkeypatch.delenv("REDIS_URL", raising=False)
     config = load_config(TINY, ["services.redis_url=redis://127.0.0.1:1/0"])
     launcher = Launcher(config, tmp_path, {})

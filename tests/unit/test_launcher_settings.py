@@ -1,6 +1,5 @@
-"""`dapo run` hands each service its settings as a file: the file gives the service the settings the
-flags of the Slurm plan (and of the launcher before it wrote files) give, and the launcher starts each
-service with `--settings FILE`, the file beside its log."""
+"""`dapo run` hands each service its settings as a file: the file gives the service the settings the run
+config asks for, and the launcher starts each service with `--settings FILE`, the file beside its log."""
 
 from __future__ import annotations
 
@@ -9,14 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from dapo_controller import launcher as launch
-from dapo_controller.launcher import Launcher, ServiceProcess
 from dapo_controller.main import parse_settings as parse_controller
 from dapo_reward.main import parse_settings as parse_reward
 from dapo_rollout.main import parse_settings as parse_rollout
 from dapo_trainer.main import parse_settings as parse_trainer
 
 from dapo.config import load_config
+from dapo.launch import services as launch
+from dapo.launch.launcher import Launcher
+from dapo.launch.service_process import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "examples/configs/tiny_cpu.yaml"
@@ -35,7 +35,7 @@ OVERRIDES = [
 
 
 @pytest.mark.parametrize("overrides", [[], OVERRIDES])
-def test_settings_files_give_what_the_flags_gave(
+def test_a_settings_file_gives_the_service_what_the_run_config_asks_for(
     overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REDIS_URL", REDIS)
@@ -43,36 +43,39 @@ def test_settings_files_give_what_the_flags_gave(
     monkeypatch.delenv("DAPO_REWARD_ADDRESS", raising=False)
     config = load_config(TINY, overrides)
     pairs = [
+        ("reward", parse_reward, launch.reward_settings(config, "127.0.0.1", 11, 12)),
+        ("rollout", parse_rollout, launch.rollout_settings(config, 1, "127.0.0.1", 13, 14, "127.0.0.1:15")),
+        ("trainer", parse_trainer, launch.trainer_settings(config, REDIS, "127.0.0.1", 15, 16)),
         (
-            parse_reward,
-            launch.reward_args(config, "127.0.0.1", 11, 12),
-            launch.reward_settings(config, "127.0.0.1", 11, 12),
-        ),
-        (
-            parse_rollout,
-            launch.rollout_args(config, 1, "127.0.0.1", 13, 14, "127.0.0.1:15"),
-            launch.rollout_settings(config, 1, "127.0.0.1", 13, 14, "127.0.0.1:15"),
-        ),
-        (
-            parse_trainer,
-            launch.trainer_args(config, "127.0.0.1", 15, 16),
-            launch.trainer_settings(config, REDIS, "127.0.0.1", 15, 16),
-        ),
-        (
+            "controller",
             parse_controller,
-            launch.controller_args(config, "127.0.0.1", 17, ["127.0.0.1:13"], "127.0.0.1:11"),
             launch.controller_settings(config, REDIS, "127.0.0.1", 17, ["127.0.0.1:13"], "127.0.0.1:11"),
         ),
     ]
-    for parse, args, settings in pairs:
-        from_flags = parse(args[1:])  # after the subcommand
-        assert from_flags == settings, args[0]
-        path = Launcher._service_args(args[0], args[0], settings, tmp_path)[2]
-        assert parse(["--settings", path]) == from_flags, args[0]
+    for command, parse, settings in pairs:
+        path = Launcher._service_args(command, command, settings, tmp_path)[2]
+        assert parse(["--settings", path]) == settings, command
+    reward, rollout, trainer, controller = (settings for _, _, settings in pairs)
+    math_cfg, vllm = config.env.math, config.policy.generation.vllm_cfg
+    assert (reward.workers, reward.timeout, reward.max_response_chars, reward.math_verify) == (
+        math_cfg.workers,
+        math_cfg.timeout,
+        math_cfg.max_response_chars,
+        math_cfg.math_verify,
+    )
+    assert (rollout.seed, rollout.dtype, rollout.enforce_eager, rollout.gpu_memory_utilization) == (
+        config.grpo.seed + 1,
+        vllm.precision,
+        vllm.enforce_eager,
+        vllm.gpu_memory_utilization,
+    )
+    assert rollout.hf_overrides == config.policy.hf_config_overrides
+    assert trainer.redis_retry_s == controller.redis_retry_s == config.services.redis_timeout_s
     if overrides:
-        rollout = launch.rollout_settings(config, 1, "127.0.0.1", 13, 14, "127.0.0.1:15")
+        assert (reward.workers, reward.timeout, reward.max_response_chars) == (3, 7, 999)
         assert (rollout.seed, rollout.dtype, rollout.enforce_eager) == (5, "bfloat16", False)
-        assert launch.reward_settings(config, "h", 1, 2).max_response_chars == 999
+        assert rollout.hf_overrides == {"max_position_embeddings": 4096}
+        assert trainer.redis_retry_s == 12.5
 
 
 def test_the_launcher_starts_each_service_with_its_settings_file(

@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from dapo_controller.launcher import Launcher, ServiceProcess
 
 from dapo.config import load_config
+from dapo.launch.launcher import Launcher
+from dapo.launch.service_process import ServiceProcess
 
 NUM_TARGETS = 30
 

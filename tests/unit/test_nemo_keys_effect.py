@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from dapo_controller.launcher import check_layout, rollout_engine_args
 from dapo_controller.loop import epochs_done
 from dapo_trainer.checkpoint import STATE_FILE, _prune, versions_to_keep
 from dapo_trainer.optim import build_optimizer
 
 from dapo.config import ConfigError, load_config
 from dapo.data import PromptCursor, PromptRow
+from dapo.launch.services import check_layout, gpu_split, rollout_settings
 from dapo.prompts import render_text
+
+TINY_MODEL = Path(__file__).resolve().parents[2] / "examples/tiny-model"
 
 NEMO_SCHEDULE = [
     "policy.scheduler=[{name: torch.optim.lr_scheduler.LinearLR, kwargs: {start_factor: 0.1, end_factor: 1.0,"
@@ -88,10 +90,11 @@ def test_max_num_epochs_stops_after_whole_passes() -> None:
     assert epochs_done(cursor, 2)
 
 
-def test_vllm_cfg_reaches_the_rollout_flags() -> None:
+def test_vllm_cfg_reaches_the_rollout_settings() -> None:
     config = load_config(
         None,
         [
+            f"policy.model_name={TINY_MODEL}",
             "policy.max_total_sequence_length=1024",
             "policy.generation.vllm_cfg.tensor_parallel_size=2",
             "policy.generation.vllm_cfg.gpu_memory_utilization=0.6",
@@ -101,22 +104,24 @@ def test_vllm_cfg_reaches_the_rollout_flags() -> None:
             "policy.hf_config_overrides={max_position_embeddings: 4096}",
         ],
     )
-    args = rollout_engine_args(config)
-    flags = dict(zip(args[::2], args[1::2], strict=False))
-    assert flags["--max-model-len"] == "768" and flags["--tensor-parallel-size"] == "2"
-    assert flags["--gpu-memory-utilization"] == "0.6" and flags["--dtype"] == "bfloat16"
-    assert "--no-enforce-eager" in args
-    assert json.loads(args[args.index("--hf-overrides") + 1]) == {"max_position_embeddings": 4096}
-    from dapo_rollout.main import parse_settings
-
-    parsed = parse_settings(
-        [*args, "--model", str(Path(__file__).resolve().parents[2] / "examples/tiny-model")]
+    settings = rollout_settings(config, 0, "127.0.0.1", 1, 2, "127.0.0.1:3")
+    assert (settings.max_model_len, settings.tensor_parallel_size, settings.gpu_memory_utilization) == (
+        768,
+        2,
+        0.6,
     )
-    assert (parsed.tensor_parallel_size, parsed.enforce_eager) == (2, False)
-    assert parsed.hf_overrides == {"max_position_embeddings": 4096}
+    assert (settings.dtype, settings.enforce_eager) == ("bfloat16", False)
+    assert settings.hf_overrides == {"max_position_embeddings": 4096}
     # max_model_len defaults to policy.max_total_sequence_length
-    default = rollout_engine_args(load_config(None, ["policy.max_total_sequence_length=1024"]))
-    assert default[default.index("--max-model-len") + 1] == "1024"
+    default = rollout_settings(
+        load_config(None, [f"policy.model_name={TINY_MODEL}", "policy.max_total_sequence_length=1024"]),
+        0,
+        "127.0.0.1",
+        1,
+        2,
+        "127.0.0.1:3",
+    )
+    assert default.max_model_len == 1024
 
 
 def test_several_nodes_are_refused_by_the_local_launcher() -> None:
@@ -126,12 +131,10 @@ def test_several_nodes_are_refused_by_the_local_launcher() -> None:
 
 
 def test_tensor_parallel_size_must_fit_the_rollout_gpus() -> None:
-    from dapo_controller.launcher import _gpu_split
-
     config = load_config(
         None, ["cluster.gpus_per_node=8", "cluster.rollout_gpus=4", "cluster.num_rollout_servers=4"]
     )
-    assert _gpu_split(config)[0] == [["0"], ["1"], ["2"], ["3"]]
+    assert gpu_split(config)[0] == [["0"], ["1"], ["2"], ["3"]]
     wide = load_config(
         None,
         [
@@ -142,7 +145,7 @@ def test_tensor_parallel_size_must_fit_the_rollout_gpus() -> None:
         ],
     )
     with pytest.raises(ConfigError, match="tensor_parallel_size"):
-        _gpu_split(wide)
+        gpu_split(wide)
 
 
 def test_hf_config_overrides_and_activation_checkpointing_reach_the_model() -> None:

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from dapo_controller.launcher import ServiceProcess
+
+from dapo.launch.service_process import ServiceProcess
 
 REPORT_NICENESS = "import os, sys; print(os.nice(0), flush=True); sys.exit(3)"
 

@@ -3,27 +3,47 @@ goes (the plan deploy/slurm/dapo.sub runs; tests/e2e/test_slurm.py runs it on a 
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from dapo_controller.launcher import check_layout
-from dapo_controller.slurm import Node, format_plan, layout, plan
 
 from dapo.config import ConfigError, ConfigWarning, load_config
+from dapo.launch.services import check_layout
+from dapo.launch.slurm import Node, format_plan, layout, plan
 
 ROOT = Path(__file__).resolve().parents[2]
+TINY_MODEL = ROOT / "examples/tiny-model"
 NODES = [Node("gpu-a", "10.0.0.1"), Node("gpu-b", "10.0.0.2"), Node("gpu-c", "10.0.0.3")]
 
 
 def steps_of(overrides: list[str], nodes: int) -> dict[str, tuple[list[str], str]]:
-    config = load_config(None, ["policy.model_name=/models/m", *overrides])
+    config = load_config(None, [f"policy.model_name={TINY_MODEL}", *overrides])
     _, steps = plan(config, NODES[:nodes], Path("/jobs/7"), 18000, "python")
     return {s.name: ([n.name for n in s.nodes], s.command) for s in steps}
 
 
-def test_two_gpu_nodes_share_each_node_between_trainer_ranks_and_rollout_servers() -> None:
+def settings_of(overrides: list[str], nodes: int, step: str, node: str, job_dir: Path) -> dict[str, Any]:
+    """What step `step`'s task on `node` writes and starts its service with: its command run by a real
+    shell, with `echo` in place of Python, and the settings file it names read back."""
+    config = load_config(None, [f"policy.model_name={TINY_MODEL}", *overrides])
+    _, steps = plan(config, NODES[:nodes], job_dir, 18000, "echo")
+    [command] = [s.command for s in steps if s.name == step]
+    env = {"PATH": os.environ["PATH"], "SLURMD_NODENAME": node, "SLURM_NODEID": "0"}
+    out = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, check=True).stdout
+    argv = out.split()
+    assert argv[-2] == "--settings", out
+    path = Path(argv[-1])
+    assert path.parent == job_dir / "settings" and path.name == f"{step}-{node}.settings.json"
+    assert path.stat().st_mode & 0o077 == 0  # owner only
+    return dict(json.loads(path.read_text()))
+
+
+def test_two_gpu_nodes_share_each_node_between_trainer_ranks_and_rollout_servers(tmp_path: Path) -> None:
     config = load_config(
         None, ["cluster.num_nodes=2", "cluster.gpus_per_node=8", "cluster.num_rollout_servers=2"]
     )
@@ -41,19 +61,48 @@ def test_two_gpu_nodes_share_each_node_between_trainer_ranks_and_rollout_servers
         '--master_addr=10.0.0.1 --master_port=18006 --node_rank="$SLURM_NODEID" -m dapo.cli trainer'
         in trainer
     )
-    assert "--publisher-host 10.0.0.1 --publisher-port 18004" in trainer
+    overrides = ["cluster.num_nodes=2", "cluster.gpus_per_node=8", "cluster.num_rollout_servers=2"]
+    assert trainer.endswith(
+        '-m dapo.cli trainer --settings /jobs/7/settings/trainer-"$SLURMD_NODENAME".settings.json'
+    )
+    trainer_settings = settings_of(overrides, 2, "trainer", "gpu-b", tmp_path)
+    assert (trainer_settings["publisher_host"], trainer_settings["publisher_port"]) == ("10.0.0.1", 18004)
+    assert "redis_url" not in trainer_settings  # a secret: $REDIS_URL in the task's environment
     assert steps["rollout-1"][0] == ["gpu-b"]
     assert (
-        "export CUDA_VISIBLE_DEVICES=0,1,2,3; exec python -m dapo.cli rollout --host 10.0.0.2 --port 18012"
+        "export CUDA_VISIBLE_DEVICES=0,1,2,3; exec python -m dapo.cli rollout --settings"
         in steps["rollout-1"][1]
     )
-    assert "--weights-address 10.0.0.1:18004 --seed 43" in steps["rollout-1"][1]
+    rollout = settings_of(overrides, 2, "rollout-1", "gpu-b", tmp_path)
+    assert (rollout["host"], rollout["port"], rollout["metrics_port"]) == ("10.0.0.2", 18012, 18013)
+    assert (rollout["weights_address"], rollout["seed"], rollout["model"]) == (
+        "10.0.0.1:18004",
+        43,
+        str(TINY_MODEL),
+    )
     for name in ("redis", "reward", "controller"):
         assert steps[name][0] == ["gpu-a"], name
-    assert (
-        "--rollout-addresses 10.0.0.1:18010,10.0.0.2:18012 --reward-address 10.0.0.1:18002"
-        in steps["controller"][1]
+    controller = settings_of(overrides, 2, "controller", "gpu-a", tmp_path)
+    assert controller["rollout_addresses"] == ["10.0.0.1:18010", "10.0.0.2:18012"]
+    assert controller["reward_address"] == "10.0.0.1:18002"
+    reward = settings_of(
+        [*overrides, "env.math.timeout=7", "env.math.math_verify.float_rounding=3"],
+        2,
+        "reward",
+        "gpu-a",
+        tmp_path,
     )
+    assert (reward["grpc_port"], reward["http_port"], reward["timeout"]) == (18002, 18003, 7)
+    assert reward["math_verify"]["float_rounding"] == 3  # grading options reach the reward service too
+    # Whatever the settings hold (quotes included), the step's command stays one shell line the shell reads back.
+    quoted = settings_of(
+        [*overrides, 'policy.hf_config_overrides={name: "it\'s \\\\n $HOME"}'],
+        2,
+        "rollout-0",
+        "gpu-a",
+        tmp_path,
+    )
+    assert quoted["hf_overrides"] == {"name": "it's \\n $HOME"}
 
 
 def test_rollout_nodes_take_the_last_nodes_whole() -> None:
@@ -93,8 +142,9 @@ def test_cpu_nodes_get_one_rank_each_and_the_servers_in_turn() -> None:
     assert lay.trainer_nodes == [0, 1] and lay.trainer_nproc == 1 and lay.trainer_gpus == []
     assert lay.rollout_nodes == [0] and lay.rollout_gpus == [[]]
     steps = steps_of(["cluster.num_nodes=2"], 2)
-    assert steps["rollout-0"][1].startswith(
-        'export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"; exec nice -n 10 '
+    assert (
+        'export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"; exec nice -n 10 python -m dapo.cli rollout '
+        in steps["rollout-0"][1]
     )
 
 

@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dapo_controller.launcher import check_model
 from dapo_trainer.model import read_model_info
 
 from dapo.config import ConfigError, load_config
+from dapo.launch.services import check_model
 
 MODEL = Path(__file__).resolve().parents[2] / "examples" / "tiny-model"
 

@@ -31,17 +31,18 @@ from pathlib import Path
 
 from dapo import auth
 from dapo.config import ConfigError, RunConfig, load_config
-from dapo.local_redis import redis_server_binary
-from dapo_controller.launcher import (
+from dapo.launch.services import (
     ROLLOUT_CPU_NICE,
-    _gpu_split,
     check_model,
     check_wandb,
-    controller_args,
-    reward_args,
-    rollout_args,
-    trainer_args,
+    controller_settings,
+    gpu_split,
+    reward_settings,
+    rollout_settings,
+    trainer_settings,
 )
+from dapo.local_redis import redis_server_binary
+from dapo.service_settings import ServiceSettings
 
 # Port offsets from --port-base, one per service (rollout server i: ROLLOUT + 2i and ROLLOUT + 2i + 1).
 REDIS, CONTROLLER, REWARD_GRPC, REWARD_HTTP, WEIGHTS, TRAINER_METRICS, TORCHRUN = range(7)
@@ -91,7 +92,7 @@ def layout(config: RunConfig) -> Layout:
     per_node = -(-servers // len(rollout_nodes))
     if not dedicated:
         # Every node is split as `dapo run` splits one node.
-        node_rollout, trainer_gpus = _gpu_split(
+        node_rollout, trainer_gpus = gpu_split(
             config.model_copy(update={"cluster": c.model_copy(update={"num_rollout_servers": per_node})})
         )
     else:
@@ -141,6 +142,23 @@ class _Job:
     def weights(self) -> str:
         return f"{self.trainer_head.address}:{self.port_base + WEIGHTS}"
 
+    @property
+    def redis_url(self) -> str:
+        """Without the password, which reaches each task as $REDIS_URL (a secret field: never written)."""
+        return f"redis://{self.head.address}:{self.port_base + REDIS}/0"
+
+    def with_settings(self, name: str, settings: ServiceSettings) -> tuple[str, str]:
+        """(shell that writes `settings` on the task's node, the `--settings FILE` flag to start with).
+
+        Each node writes its own file (`NAME-<node>.settings.json` under the job directory), so a
+        directory the nodes do not share works, and the tasks of one step never write one file.
+        """
+        folder = shlex.quote(str(self.job_dir / "settings"))
+        path = f'{folder}/{name}-"$SLURMD_NODENAME".settings.json'
+        data = settings.model_dump_json(exclude=set(settings.secret_fields))
+        write = f"mkdir -p {folder} && (umask 077 && printf '%s\\n' {shlex.quote(data)} > {path}) || exit 1; "
+        return write, f"--settings {path}"
+
 
 def plan(
     config: RunConfig, nodes: list[Node], job_dir: Path, port_base: int, python: str
@@ -161,17 +179,7 @@ def plan(
     }
     steps = [
         _redis_step(job),
-        Step(
-            "reward",
-            (head,),
-            "exec "
-            + shlex.join(
-                [
-                    *job.py,
-                    *reward_args(config, head.address, port_base + REWARD_GRPC, port_base + REWARD_HTTP),
-                ]
-            ),
-        ),
+        _reward_step(job),
         _trainer_step(job),
         *[_rollout_step(job, i) for i in range(len(job.lay.rollout_nodes))],
         _controller_step(job),
@@ -194,6 +202,27 @@ def _redis_step(job: _Job) -> Step:
     )
 
 
+def _service_step(
+    job: _Job,
+    name: str,
+    command: str,
+    settings: ServiceSettings,
+    node: Node,
+    *,
+    env: str = "",
+    runner: tuple[str, ...] = (),
+) -> Step:
+    """`[RUNNER] dapo COMMAND --settings FILE` on `node`, the file written there first, after the `env` exports."""
+    write, flag = job.with_settings(name, settings)
+    return Step(name, (node,), f"{write}{env}exec {shlex.join([*runner, *job.py, command])} {flag}")
+
+
+def _reward_step(job: _Job) -> Step:
+    head, port_base = job.head, job.port_base
+    settings = reward_settings(job.config, head.address, port_base + REWARD_GRPC, port_base + REWARD_HTTP)
+    return _service_step(job, "reward", "reward", settings, head)
+
+
 def _trainer_step(job: _Job) -> Step:
     """One torchrun group over the trainer nodes."""
     lay, port_base, trainer_head = job.lay, job.port_base, job.trainer_head
@@ -202,21 +231,19 @@ def _trainer_step(job: _Job) -> Step:
         job.python, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={lay.trainer_nproc}",
         f"--master_addr={trainer_head.address}", f"--master_port={port_base + TORCHRUN}",
     ]  # fmt: skip
-    # The node rank is the task's index in the step ($SLURM_NODEID), which its shell expands.
-    trainer_cmd = f'{shlex.join(torchrun)} --node_rank="$SLURM_NODEID" ' + shlex.join(
-        [
-            "-m",
-            "dapo.cli",
-            *trainer_args(job.config, trainer_head.address, port_base + WEIGHTS, port_base + TRAINER_METRICS),
-        ]
+    settings = trainer_settings(
+        job.config, job.redis_url, trainer_head.address, port_base + WEIGHTS, port_base + TRAINER_METRICS
     )
+    write, flag = job.with_settings("trainer", settings)
+    # The node rank is the task's index in the step ($SLURM_NODEID), which its shell expands.
+    trainer_cmd = f'{shlex.join(torchrun)} --node_rank="$SLURM_NODEID" -m dapo.cli trainer {flag}'
     devices = f"export CUDA_VISIBLE_DEVICES={','.join(lay.trainer_gpus)}; " if lay.trainer_gpus else ""
     return Step(
         "trainer",
         tuple(job.nodes[n] for n in lay.trainer_nodes),
         f'echo "trainer: node rank $SLURM_NODEID of {nnodes} on $SLURMD_NODENAME, '
         f'{lay.trainer_nproc} rank(s) per node, world size {nnodes * lay.trainer_nproc}"; '
-        f"{devices}exec {trainer_cmd}",
+        f"{write}{devices}exec {trainer_cmd}",
     )
 
 
@@ -227,19 +254,16 @@ def _rollout_port(job: _Job, server: int) -> int:
 def _rollout_step(job: _Job, server: int) -> Step:
     node = job.nodes[job.lay.rollout_nodes[server]]
     gpus = job.lay.rollout_gpus[server]
-    # On CPU at a lower priority, as `dapo run` does (see dapo_controller.launcher).
-    prefix = (
-        f"export CUDA_VISIBLE_DEVICES={','.join(gpus)}; exec "
-        if gpus
-        else f"exec nice -n {ROLLOUT_CPU_NICE} "
-    )
+    # On CPU at a lower priority, as `dapo run` does (see dapo.launch.services).
+    env = 'export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"; '
+    runner: tuple[str, ...] = ()
+    if gpus:
+        env += f"export CUDA_VISIBLE_DEVICES={','.join(gpus)}; "
+    else:
+        runner = ("nice", "-n", str(ROLLOUT_CPU_NICE))
     port = _rollout_port(job, server)
-    args = rollout_args(job.config, server, node.address, port, port + 1, job.weights)
-    return Step(
-        f"rollout-{server}",
-        (node,),
-        f'export VLLM_CPU_KVCACHE_SPACE="${{VLLM_CPU_KVCACHE_SPACE:-1}}"; {prefix}{shlex.join([*job.py, *args])}',
-    )
+    settings = rollout_settings(job.config, server, node.address, port, port + 1, job.weights)
+    return _service_step(job, f"rollout-{server}", "rollout", settings, node, env=env, runner=runner)
 
 
 def _controller_step(job: _Job) -> Step:
@@ -248,17 +272,10 @@ def _controller_step(job: _Job) -> Step:
         f"{job.nodes[n].address}:{_rollout_port(job, i)}" for i, n in enumerate(job.lay.rollout_nodes)
     ]
     reward = f"{head.address}:{port_base + REWARD_GRPC}"
-    return Step(
-        "controller",
-        (head,),
-        "exec "
-        + shlex.join(
-            [
-                *job.py,
-                *controller_args(job.config, head.address, port_base + CONTROLLER, rollout_addresses, reward),
-            ]
-        ),
+    settings = controller_settings(
+        job.config, job.redis_url, head.address, port_base + CONTROLLER, rollout_addresses, reward
     )
+    return _service_step(job, "controller", "controller", settings, head)
 
 
 def format_plan(variables: dict[str, str], steps: list[Step]) -> str:

@@ -3,30 +3,25 @@
 `dapo run CONFIG [key=value ...]` uses $REDIS_URL (or services.redis_url) if set, else starts a private
 redis-server; starts the reward service, the rollout server(s), the trainer and the controller;
 submits the run over REST; shows progress; writes metrics (JSONL, TensorBoard, a PNG) under
-`logger.log_dir/<run id>/` (W&B, if enabled, is logged live by the controller, into the same folder); restarts a service that dies (a bounded number of times, as
-compose's restart policy would); exits with the run's outcome (0 only if it succeeded) and stops
-everything it started, also on Ctrl-C. `dapo up [CONFIG]` starts the services only. With
-$DAPO_CONTROLLER_URL set (deploy/slurm/dapo.sub sets it) `dapo run` starts nothing: it submits the run to
-that controller, follows it and writes its outputs the same way.
-
-On CPU the rollout servers run at a lower scheduling priority (nice ROLLOUT_CPU_NICE): vLLM's worker and
-engine processes poll their shared-memory queues in a sched_yield loop for a second after every engine
-step, which on a small machine took almost half of the trainer's core while the trainer worked and the
-rollout server had nothing to do (bench/RESULTS.md, "End to end"). A lower priority leaves the polling
-only the cycles nobody else wants; generation itself runs while the trainer waits (synchronous runs).
+`logger.log_dir/<run id>/` (W&B, if enabled, is logged live by the controller, into the same folder);
+restarts a service that dies (a bounded number of times, as compose's restart policy would); exits with
+the run's outcome (0 only if it succeeded) and stops everything it started, also on Ctrl-C.
+`dapo up [CONFIG]` starts the services only. With $DAPO_CONTROLLER_URL set (deploy/slurm/dapo.sub sets
+it) `dapo run` starts nothing: it submits the run to that controller, follows it and writes its outputs
+the same way.
 
 Every service binds 127.0.0.1 and is authenticated: the launcher uses $DAPO_SERVICE_TOKEN or makes a random
 token per launch, and gives its private Redis $DAPO_REDIS_PASSWORD or a random password; both reach the
 services through their environment (REDIS_URL, DAPO_SERVICE_TOKEN), never their command lines.
 
 Each service starts as `dapo SERVICE --settings FILE`: its settings model, built from the run config
-(`reward_settings`, `rollout_settings`, ...), written beside its log without secrets. The `*_args`
-functions give the same settings as flags, for the Slurm plan (dapo_controller.slurm).
+(dapo.launch.services), written beside its log without secrets. On CPU the rollout servers run niced
+(see dapo.launch.services) and, with cluster.cpu_affinity_enabled, on CPU sets apart from the trainer's
+(dapo.launch.cpu_sets).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -34,297 +29,37 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 import httpx
 import redis
 import yaml
-from dapo_reward.settings import RewardSettings
-from dapo_rollout.settings import RolloutSettings
-from dapo_trainer.settings import TrainerSettings
 
 from dapo import auth, keys
 from dapo.config import ConfigError, RunConfig, load_config
-from dapo.hub import NotInCacheError, resolve_model_dir
+from dapo.launch.cpu_sets import CpuPlan, plan_cpu_sets
+from dapo.launch.service_process import ServiceProcess
+from dapo.launch.services import (
+    ROLLOUT_CPU_NICE,
+    check_layout,
+    check_model,
+    check_wandb,
+    controller_settings,
+    gpu_split,
+    reward_settings,
+    rollout_settings,
+    trainer_settings,
+)
 from dapo.local_redis import RedisServer, free_port
 from dapo.records import event_entry, is_terminal
 from dapo.service_settings import ServiceSettings, write_settings
-from dapo_controller.cpu_sets import CpuPlan, cpu_list, plan_cpu_sets
-from dapo_controller.settings import ControllerSettings
 
-ROLLOUT_CPU_NICE = 10
 RECORD_GONE_GRACE_S = 60.0
 """How long `follow` waits for the controller to write back the record of a run Redis lost."""
 CONTROLLER_URL_ENV = "DAPO_CONTROLLER_URL"
 """Set (by deploy/slurm/dapo.sub): `dapo run` starts nothing and submits the run to this controller."""
 ATTACH_READY_TIMEOUT_S = 300.0
-
-
-@dataclass
-class ServiceProcess:
-    """One service process, restarted up to `max_restarts` times when it dies."""
-
-    name: str
-    cmd: list[str]
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-    max_restarts: int = 3
-    nice: int = 0
-    """Added to the process's scheduling niceness (0: unchanged); children inherit it."""
-    cpus: frozenset[int] | None = None
-    """CPUs the process (and its children) may run on; None: unchanged."""
-    restarts: int = 0
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-        cmd = self.cmd
-        if self.cpus is not None:
-            # taskset sets the affinity and then execs: every thread and process of the service inherits it.
-            cmd = ["taskset", "--cpu-list", cpu_list(self.cpus), *cmd]
-        if self.nice:
-            cmd = ["nice", "-n", str(self.nice), *cmd]
-        self.process = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
-            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops the children in order
-        )
-        log.close()
-
-    def exit_code(self) -> int | None:
-        return None if self.process is None else self.process.poll()
-
-    def stop(self, grace_s: float = 15.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(grace_s)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def tail(self, num_lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-num_lines:])
-        except OSError:
-            return ""
-
-
-def _gpu_split(config: RunConfig) -> tuple[list[list[str]], list[str]]:
-    """CUDA devices for each rollout server and for the trainer on this node ([] on CPU)."""
-    gpus = config.cluster.gpus_per_node
-    servers = config.cluster.num_rollout_servers
-    if gpus == 0:
-        return [[] for _ in range(servers)], []
-    rollout_gpus = (
-        config.cluster.rollout_gpus if config.cluster.rollout_gpus is not None else max(1, gpus // 2)
-    )
-    if rollout_gpus < servers or rollout_gpus >= gpus:
-        raise ConfigError(
-            f"cluster.rollout_gpus ({rollout_gpus}) must be at least cluster.num_rollout_servers ({servers}) "
-            f"and leave the trainer at least one of cluster.gpus_per_node ({gpus})"
-        )
-    per_server = rollout_gpus // servers
-    tensor_parallel = config.policy.generation.vllm_cfg.tensor_parallel_size
-    if per_server < tensor_parallel:
-        raise ConfigError(
-            f"policy.generation.vllm_cfg.tensor_parallel_size ({tensor_parallel}) is more than the {per_server} "
-            f"GPU(s) each of cluster.num_rollout_servers ({servers}) gets of cluster.rollout_gpus ({rollout_gpus})"
-        )
-    ids = [str(i) for i in range(gpus)]
-    return [ids[i * per_server : (i + 1) * per_server] for i in range(servers)], ids[rollout_gpus:]
-
-
-def rollout_engine_args(config: RunConfig) -> list[str]:
-    """`dapo rollout` flags for the engine settings of `config` (model, policy.generation.vllm_cfg)."""
-    vllm = config.policy.generation.vllm_cfg
-    args = [
-        "--model",
-        config.policy.model_name,
-        "--max-model-len",
-        str(vllm.max_model_len or config.policy.max_total_sequence_length),
-        "--gpu-memory-utilization",
-        str(vllm.gpu_memory_utilization),
-        "--tensor-parallel-size",
-        str(vllm.tensor_parallel_size),
-    ]
-    if vllm.precision is not None:
-        args += ["--dtype", vllm.precision]
-    if vllm.enforce_eager is not None:
-        args.append("--enforce-eager" if vllm.enforce_eager else "--no-enforce-eager")
-    if config.policy.hf_config_overrides:
-        args += ["--hf-overrides", json.dumps(config.policy.hf_config_overrides)]
-    return args
-
-
-def reward_args(config: RunConfig, host: str, grpc_port: int, http_port: int) -> list[str]:
-    """`dapo reward ...` for `config`'s env.math settings."""
-    math_cfg = config.env.math
-    return [
-        "reward",
-        "--host",
-        host,
-        "--grpc-port",
-        str(grpc_port),
-        "--http-port",
-        str(http_port),
-        "--workers",
-        str(math_cfg.workers),
-        "--timeout",
-        str(math_cfg.timeout),
-        "--max-response-chars",
-        str(math_cfg.max_response_chars),
-    ]
-
-
-def rollout_args(
-    config: RunConfig, index: int, host: str, port: int, metrics_port: int, weights_address: str
-) -> list[str]:
-    """`dapo rollout ...`: server `index` of the run (its sampling seed is grpo.seed + index)."""
-    return [
-        "rollout",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--metrics-port",
-        str(metrics_port),
-        "--weights-address",
-        weights_address,
-        "--seed",
-        str(config.grpo.seed + index),
-        *rollout_engine_args(config),
-    ]
-
-
-def trainer_args(
-    config: RunConfig, publisher_host: str, publisher_port: int | str, metrics_port: int
-) -> list[str]:
-    """`dapo trainer ...` (one rank's arguments; under torchrun every rank gets the same)."""
-    return [
-        "trainer",
-        "--publisher-host",
-        publisher_host,
-        "--publisher-port",
-        str(publisher_port),
-        "--metrics-port",
-        str(metrics_port),
-        "--redis-retry-timeout",
-        str(config.services.redis_timeout_s),
-    ]
-
-
-def controller_args(
-    config: RunConfig, host: str, port: int, rollout_addresses: list[str], reward_address: str
-) -> list[str]:
-    """`dapo controller ...` driving these rollout servers and this reward service."""
-    return [
-        "controller",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--rollout-addresses",
-        ",".join(rollout_addresses),
-        "--reward-address",
-        reward_address,
-        "--redis-retry-timeout",
-        str(config.services.redis_timeout_s),
-    ]
-
-
-def reward_settings(config: RunConfig, host: str, grpc_port: int, http_port: int) -> RewardSettings:
-    """The reward service's settings for `config` (its env.math section)."""
-    return RewardSettings.from_math(config.env.math, host=host, grpc_port=grpc_port, http_port=http_port)
-
-
-def rollout_settings(
-    config: RunConfig, index: int, host: str, port: int, metrics_port: int, weights_address: str
-) -> RolloutSettings:
-    """Rollout server `index` of the run (its sampling seed is grpo.seed + index); the engine from
-    policy.generation.vllm_cfg."""
-    vllm = config.policy.generation.vllm_cfg
-    return RolloutSettings(
-        model=config.policy.model_name,
-        host=host,
-        port=port,
-        metrics_port=metrics_port,
-        weights_address=weights_address,
-        seed=config.grpo.seed + index,
-        max_model_len=vllm.max_model_len or config.policy.max_total_sequence_length,
-        gpu_memory_utilization=vllm.gpu_memory_utilization,
-        tensor_parallel_size=vllm.tensor_parallel_size,
-        dtype=vllm.precision,
-        enforce_eager=vllm.enforce_eager,
-        hf_overrides=config.policy.hf_config_overrides,
-    )
-
-
-def trainer_settings(
-    config: RunConfig, redis_url: str, publisher_host: str, publisher_port: int, metrics_port: int
-) -> TrainerSettings:
-    """One trainer rank's settings (under torchrun every rank gets the same)."""
-    return TrainerSettings(
-        redis_url=redis_url,
-        publisher_host=publisher_host,
-        publisher_port=publisher_port,
-        metrics_port=metrics_port,
-        redis_retry_s=config.services.redis_timeout_s,
-    )
-
-
-def controller_settings(
-    config: RunConfig, redis_url: str, host: str, port: int, rollout_addresses: list[str], reward_address: str
-) -> ControllerSettings:
-    """The controller's settings, driving these rollout servers and this reward service."""
-    return ControllerSettings(
-        redis_url=redis_url,
-        host=host,
-        port=port,
-        rollout_addresses=rollout_addresses,
-        reward_address=reward_address,
-        redis_retry_s=config.services.redis_timeout_s,
-    )
-
-
-def check_wandb(config: RunConfig) -> None:
-    """W&B is an optional extra: say how to get it before anything starts."""
-    if not config.logger.wandb_enabled:
-        return
-    import importlib.util
-
-    if importlib.util.find_spec("wandb") is None:
-        raise ConfigError(
-            "logger.wandb_enabled is true but wandb is not installed: pip install 'dapo[wandb]' "
-            "(scripts/install.sh installs it), or set logger.wandb_enabled=false"
-        )
-
-
-def check_model(config: RunConfig) -> None:
-    """The model (and tokenizer) must be on disk or in the local HF cache before any service starts."""
-    try:
-        resolve_model_dir(config.policy.model_name)
-        if config.policy.tokenizer.name:
-            resolve_model_dir(config.policy.tokenizer.name, "policy.tokenizer.name")
-    except NotInCacheError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def check_layout(config: RunConfig) -> None:
-    """What this launcher cannot lay out: several nodes (deploy/slurm/dapo.sub and the Helm chart do)."""
-    if config.cluster.num_nodes > 1:
-        raise ConfigError(
-            f"cluster.num_nodes is {config.cluster.num_nodes}: `dapo run` starts every service on this node; "
-            f"spread a run over several nodes with Slurm (sbatch --nodes={config.cluster.num_nodes} "
-            "deploy/slurm/dapo.sub) or the Helm chart (helm/dapo)"
-        )
 
 
 class Launcher:
@@ -368,7 +103,7 @@ class Launcher:
             self.redis_url = self.redis_server.url
         # Secrets travel in the environment: a command line is visible to every local user.
         secret_env = {"REDIS_URL": self.redis_url, **self.token_env}
-        self.rollout_gpus, self.trainer_gpus = _gpu_split(cfg)
+        self.rollout_gpus, self.trainer_gpus = gpu_split(cfg)
         self.trainer_ranks = cfg.cluster.trainer_processes_per_node or max(1, len(self.trainer_gpus))
         self.cpu_plan = plan_cpu_sets(cfg, trainer_ranks=self.trainer_ranks)
         print(f"[dapo] {self.cpu_plan.message}", file=sys.stderr)
@@ -703,7 +438,7 @@ def checked_config(config_path: str | None, overrides: list[str], attached: str 
         check_layout(config)
         check_model(config)
         check_wandb(config)
-        _gpu_split(config)
+        gpu_split(config)
         plan_cpu_sets(config)
     return config
 
