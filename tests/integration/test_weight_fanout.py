@@ -241,6 +241,94 @@ def test_the_trainer_outlet_fans_out_off_its_thread_and_reports_every_server(
         redis.close()
 
 
+def test_the_outlet_announces_a_version_once_it_is_out_and_only_the_newest_of_those_waiting(
+    redis_server,
+    redis_client,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    """What an asynchronous run relies on: `publish` returns at once, the fan-out thread announces a
+    version after the servers hold it, and versions overtaken while waiting are skipped."""
+    import torch
+    from dapo_trainer.publish import WeightOutlet
+    from dapo_trainer.redis_io import RetryingRedis
+
+    from dapo import keys
+
+    redis = RetryingRedis(redis_server.url, retry_s=5)
+    outlet = WeightOutlet("127.0.0.1", 0, redis, [], push_timeout_s=30, on_push_failure=lambda a, m: None)
+    announced: list[tuple[int, str, int]] = []
+    release = threading.Event()
+    try:
+        with Receivers(1, SPECS, tmp_path, outlet.publisher.address, staging_root=tmp_path) as receivers:
+            receivers.wait_ready()
+            redis_client.sadd(keys.rollout_servers(), *receivers.addresses)
+
+            def announce(version: int) -> None:
+                served = receivers.applied()[receivers.addresses[0]]["version"]
+                announced.append((version, threading.current_thread().name, served))
+                assert release.wait(30)  # version 0's fan-out thread is held until 1, 2, 3 are handed over
+
+            for version in range(4):
+                state = {
+                    t.name: torch.frombuffer(bytearray(t.data), dtype=torch.float32).reshape(t.shape)
+                    for t in version_tensors(version)
+                }
+                started = time.perf_counter()
+                outlet.publish(version, state, run_id="run-o", announce=announce)
+                assert time.perf_counter() - started < 1.0  # hands over; the fan-out is the thread's
+            deadline = time.monotonic() + 30
+            while not announced and time.monotonic() < deadline:
+                time.sleep(0.01)
+            release.set()
+            outlet.wait(60)
+            applied = receivers.applied()[receivers.addresses[0]]
+    finally:
+        release.set()
+        outlet.stop()
+        redis.close()
+    assert [v for v, _, _ in announced] == [0, 3]  # 1 and 2 were overtaken while 0 went out
+    assert all(name == "weight-fan-out" for _, name, _ in announced)  # not the caller's thread
+    assert all(served == version for version, _, served in announced)  # announced once it is out
+    assert applied["crc32"] == crcs(version_tensors(3))
+    assert outlet.last_publish_s is not None and outlet.last_publish_s > 0
+
+
+def test_a_failed_announce_is_raised_on_the_trainers_thread_and_the_next_version_goes_out(
+    redis_server,  # noqa: ANN001
+) -> None:
+    import torch
+    from dapo_trainer.publish import WeightOutlet
+    from dapo_trainer.redis_io import RetryingRedis
+
+    redis = RetryingRedis(redis_server.url, retry_s=5)
+    outlet = WeightOutlet("127.0.0.1", 0, redis, [], push_timeout_s=30, on_push_failure=lambda a, m: None)
+    announced: list[int] = []
+
+    def fail(version: int) -> None:
+        raise RuntimeError(f"Redis gone while announcing version {version}")
+
+    state = {"w": torch.zeros(4)}
+    try:
+        outlet.publish(1, state, run_id="run-f", announce=fail)
+        with pytest.raises(RuntimeError, match="announcing version 1"):
+            outlet.wait(30)
+        outlet.publish(2, state, run_id="run-f", announce=announced.append)
+        outlet.wait(30)
+        outlet.publish(3, state, run_id="run-f", announce=fail)
+        deadline = time.monotonic() + 30
+        while outlet._failure is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(RuntimeError, match="announcing version 3"):  # an asynchronous run's next publish
+            outlet.publish(4, state, run_id="run-f", announce=announced.append)
+        outlet.wait(30)
+        assert outlet.publisher.latest_version == 3  # version 4 was not handed over
+    finally:
+        outlet.publish(5, state, run_id="run-f", announce=fail)
+        outlet.stop()  # a failure at the end is logged, not raised
+        redis.close()
+    assert announced == [2]
+
+
 def test_a_server_that_refuses_the_version_still_relays_it(
     publisher: WeightPublisher, tmp_path: Path
 ) -> None:

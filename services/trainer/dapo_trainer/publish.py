@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Announce = Callable[[int], None]
+"""Called with a version once it is out (the trainer sets the policy-version key)."""
+
 
 def gather_full_state_dict(
     model: torch.nn.Module, dtype: str, tie_word_embeddings: bool, ctx: DistContext
@@ -103,9 +106,14 @@ class WeightOutlet:
     rollout server, run on a thread of its own so that the trainer goes on with its next step.
 
     `publish` only swaps the version in (nothing is copied or encoded on the caller's thread) and hands it
-    to the fan-out thread; a version published while an older one is still going out replaces any version
-    waiting behind it (servers need the newest, not every one). `wait` blocks until the versions handed
-    over are out; `stop` waits for that (up to the push timeout), then stops the publisher.
+    to the fan-out thread, which fans it out and then calls the version's `announce` (the trainer sets the
+    policy-version key there: a version is announced only once it is out). A version published while an
+    older one is still going out replaces any version waiting behind it (servers need the newest, not
+    every one; its `announce` is not called). A synchronous run `wait`s after each `publish`; an
+    asynchronous one goes on training and waits only at the end of the run. A fan-out's failure is
+    logged and reported per server, never fatal (the server fetches later); an `announce` that fails is
+    raised by the next `publish` or `wait`. `stop` waits for what is handed over (up to the push timeout),
+    then stops the publisher.
     """
 
     def __init__(
@@ -131,10 +139,13 @@ class WeightOutlet:
         self.relay_fanout = relay_fanout
         self.stall_s = stall_s
         self.last_report: PublishReport | None = None
+        self.last_publish_s: float | None = None
+        """Seconds the last version took on the fan-out thread, fan-out and announce (None before the first)."""
         self._cond = threading.Condition()
-        self._pending: EncodedVersion | None = None
+        self._pending: tuple[EncodedVersion, Announce | None] | None = None
         self._is_sending = False
         self._is_stopping = False
+        self._failure: Exception | None = None
         self._thread = threading.Thread(target=self._fan_out_loop, name="weight-fan-out", daemon=True)
         self._thread.start()
 
@@ -145,21 +156,34 @@ class WeightOutlet:
         return sorted(found | set(self.static_addresses))
 
     def publish(
-        self, version: int, state_dict: dict[str, torch.Tensor], run_id: str, push: bool = True
+        self,
+        version: int,
+        state_dict: dict[str, torch.Tensor],
+        run_id: str,
+        announce: Announce | None = None,
     ) -> None:
-        """Serve `version` of run `run_id` to fetchers and (with `push`) fan it out to every known server,
-        in the background."""
+        """Serve `version` of run `run_id` to fetchers and fan it out to every known server in the
+        background, then call `announce(version)` there. Raises the failure of an earlier `announce`
+        (and hands nothing over)."""
+        self._raise_failure()
         encoded = self.publisher.publish(version, tensors_from_state_dict(state_dict), run_id=run_id)
-        if push:
-            with self._cond:
-                self._pending = encoded
-                self._cond.notify_all()
+        with self._cond:
+            self._pending = (encoded, announce)
+            self._cond.notify_all()
 
     def wait(self, timeout: float | None = None) -> PublishReport | None:
-        """Block until every version handed over has gone out; the last fan-out's report."""
+        """Block until every version handed over has gone out (and been announced); the last fan-out's
+        report. Raises the failure of an `announce`."""
         with self._cond:
             self._cond.wait_for(lambda: self._pending is None and not self._is_sending, timeout)
-            return self.last_report
+        self._raise_failure()
+        return self.last_report
+
+    def _raise_failure(self) -> None:
+        with self._cond:
+            failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
 
     def _fan_out_loop(self) -> None:
         while True:
@@ -167,15 +191,29 @@ class WeightOutlet:
                 self._cond.wait_for(lambda: self._pending is not None or self._is_stopping)
                 if self._pending is None:
                     return
-                encoded, self._pending, self._is_sending = self._pending, None, True
+                (encoded, announce), self._pending, self._is_sending = self._pending, None, True
             try:
-                self.last_report = self._fan_out(encoded)
-            except Exception:  # a fan-out must never take the trainer down: the servers fetch later
-                log.exception("fanning out weights version %d failed", encoded.version)
+                self._send(encoded, announce)
             finally:
                 with self._cond:
                     self._is_sending = False
                     self._cond.notify_all()
+
+    def _send(self, encoded: EncodedVersion, announce: Announce | None) -> None:
+        """Fan `encoded` out, then announce it; a failed announce is kept for the trainer's thread."""
+        started = time.perf_counter()
+        try:
+            self.last_report = self._fan_out(encoded)
+        except Exception:  # a fan-out must never take the trainer down: the servers fetch later
+            log.exception("fanning out weights version %d failed", encoded.version)
+        try:
+            if announce is not None:
+                announce(encoded.version)
+        except Exception as exc:  # raised on the trainer's thread by its next publish or wait
+            with self._cond:
+                self._failure = exc
+            return
+        self.last_publish_s = time.perf_counter() - started
 
     def _fan_out(self, encoded: EncodedVersion) -> PublishReport:
         started, sent_before = time.perf_counter(), self.publisher.egress_bytes
@@ -201,7 +239,10 @@ class WeightOutlet:
         return report
 
     def stop(self) -> None:
-        self.wait(self.push_timeout_s)
+        try:
+            self.wait(self.push_timeout_s)
+        except Exception:  # the run is over: a last failed announce is logged, not raised
+            log.exception("announcing the last weights version failed")
         with self._cond:
             self._is_stopping = True
             self._cond.notify_all()

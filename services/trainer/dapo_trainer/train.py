@@ -7,12 +7,14 @@ the batches the newest checkpoint covers (and trim them from the stream) -> SADD
 set -> XADD the metrics.
 A batch is acknowledged only once a committed checkpoint includes it, so after a crash the restored
 checkpoint plus the redelivered batches give the parameters of an uninterrupted run.
-In an asynchronous run (`grpo.max_staleness` > 0) rank 0 publishes in a background thread, in order,
-while the next batch trains (dapo_trainer.background_publish).
+The publish hands the version to the weight outlet's fan-out thread, which sets the version key once
+the version is out (dapo_trainer.publish.WeightOutlet); a synchronous run waits for that before it
+reads its next batch, an asynchronous one (`grpo.max_staleness` > 0) trains the next batch meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -27,7 +29,6 @@ from dapo.config import RunConfig
 from dapo.dtypes import SERVED_DTYPES
 from dapo.records import TERMINAL_STATUSES
 from dapo.stream_limits import StreamLimits
-from dapo_trainer.background_publish import BackgroundPublisher
 from dapo_trainer.batches import BatchStream, decode_batch
 from dapo_trainer.checkpoint import (
     TrainerState,
@@ -91,7 +92,7 @@ class RunIO:
     stream: BatchStream
     reporter: RunReporter
     uncommitted: list[LedgerEntry] = field(default_factory=list)  # applied, in no committed checkpoint yet
-    background: BackgroundPublisher | None = None  # asynchronous runs: versions pushed off the step
+    overlap_publish: bool = False  # asynchronous runs: the next batch trains while a version goes out
 
 
 # --- setup -----------------------------------------------------------------------------------------
@@ -245,8 +246,8 @@ def train(config: RunConfig, run_id: str, links: TrainerLinks) -> str:
             "trainer_ready", f"trainer serves version {state.version} on {ctx.world_size} rank(s)"
         )
     del full
-    if run.io is not None and config.grpo.max_staleness > 0:
-        run.io.background = BackgroundPublisher()
+    if run.io is not None:
+        run.io.overlap_publish = config.grpo.max_staleness > 0
 
     last_done = time.monotonic()
     try:
@@ -255,8 +256,8 @@ def train(config: RunConfig, run_id: str, links: TrainerLinks) -> str:
                 _next_command(run.io, state, config, info, links, last_done) if run.io else None, ctx
             )
             if isinstance(command, Stop):
-                if run.io is not None and run.io.background is not None:
-                    run.io.background.wait()  # the last version is out before the run is left
+                if run.io is not None and links.outlet is not None:
+                    links.outlet.wait()  # the last version is out before the run is left
                 if config.checkpointing.enabled:
                     _commit_final(run)
                 log.info("run %s: %s", run_id, command.reason)
@@ -265,8 +266,10 @@ def train(config: RunConfig, run_id: str, links: TrainerLinks) -> str:
                 apply_batch(run, command)
                 last_done = time.monotonic()
     finally:
-        if run.io is not None and run.io.background is not None:
-            run.io.background.close()
+        if run.io is not None and run.io.overlap_publish and links.outlet is not None:
+            # Left by an error: let the version in flight go out; its failure, if any, is not this error.
+            with contextlib.suppress(Exception):
+                links.outlet.wait(links.outlet.push_timeout_s)
 
 
 def apply_batch(run: Run, command: Apply) -> None:
@@ -312,15 +315,10 @@ def apply_batch(run: Run, command: Apply) -> None:
 
 
 def _hand_off(run: Run, io: RunIO, full: dict[str, torch.Tensor]) -> float:
-    """Publish the new version (or, in an asynchronous run, hand it to the background publisher);
-    returns the seconds this took here."""
+    """Publish the new version (in an asynchronous run without waiting for it to go out); returns the
+    seconds this took here (time/publish)."""
     t0 = time.perf_counter()
-    background = io.background
-    if background is not None:
-        # Asynchronous run: the push goes on while the next batch trains (time/publish: the hand-off).
-        background.submit(lambda v, f: _publish(run.links, io, v, f), run.state.version, full)
-    else:
-        _publish(run.links, io, run.state.version, full)
+    _publish(run.links, io, run.state.version, full, wait=not io.overlap_publish)
     return time.perf_counter() - t0
 
 
@@ -336,7 +334,7 @@ def _report_step(
 ) -> None:
     """Report the batch's metrics and timings (`stepped`: its last optimizer step, perf_counter;
     `started_at`: its start, Unix s) for the new version."""
-    state, background = run.state, io.background
+    state, outlet = run.state, run.links.outlet
     record = {
         **result.metrics,
         **times,
@@ -349,8 +347,8 @@ def _report_step(
         "trainer/started_at": started_at,
         "trainer/published_at": time.time(),
     }
-    if background is not None and background.last_duration_s is not None:
-        record["trainer/background_publish_s"] = background.last_duration_s  # the version before
+    if io.overlap_publish and outlet is not None and outlet.last_publish_s is not None:
+        record["trainer/background_publish_s"] = outlet.last_publish_s  # the last version out
     io.reporter.step(batch.step, state.version, record)
     log.info(
         "batch %s (step %d) -> version %d: loss %.4g, %.2f s",
@@ -427,15 +425,18 @@ def _reject(io: RunIO, entry_id: str, fields: dict[bytes, bytes], reason: str) -
     METRICS.rejected.inc()
 
 
-def _publish(links: TrainerLinks, io: RunIO, version: int, full: dict[str, torch.Tensor]) -> None:
+def _publish(
+    links: TrainerLinks, io: RunIO, version: int, full: dict[str, torch.Tensor], *, wait: bool = True
+) -> None:
     """Fan `version` out and announce it once the fan-out is done: the policy-version key is what the
     controller waits for before it generates the next batch, so it must not run ahead of the servers
-    (a sample from an older version would be dropped as stale). Asynchronous runs call this from the
-    background publisher, off the step."""
+    (a sample from an older version would be dropped as stale). With `wait`, return once it is
+    announced; without, at once (the outlet's thread announces it)."""
     assert links.outlet is not None
-    links.outlet.publish(version, full, run_id=io.run_id)
-    links.outlet.wait()
-    io.redis.set(keys.policy_version(io.run_id), str(version))
+    key = keys.policy_version(io.run_id)
+    links.outlet.publish(version, full, run_id=io.run_id, announce=lambda v: io.redis.set(key, str(v)))
+    if wait:
+        links.outlet.wait()
 
 
 def _acknowledge(io: RunIO) -> None:
