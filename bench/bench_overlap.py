@@ -11,9 +11,13 @@ One script run, arms interleaved seed by seed so that a busy machine slows them 
 - `async`: the same with `grpo.max_staleness=1` (the importance correction against the behaviour policy
   follows it by default): the controller generates batch s+1 while the trainer trains batch s.
 - `trl`: bench/bench_trl.py (TRL's GRPOTrainer, loss_type="dapo", the same hyper-parameters) in .venv-trl.
+- `sync_as_trl` (only when asked for with --arms): `sync` doing what TRL's step does, no dynamic
+  sampling (every group of one round of 16 prompts kept) and no dual clip: learning per step compared
+  with TRL's on the same algorithm.
 
 Both dapo arms validate every `--val-period` steps (200 held-out problems, greedy) and checkpoint
-nothing. dapo's clock runs from the start of the first training batch to the publication of the version
+nothing; TRL evaluates on the same grid (every 2 x `--val-period` optimizer steps: the first crossing of
+a noisy target depends on the grid, so both arms must share it). dapo's clock runs from the start of the first training batch to the publication of the version
 a validation measured (the trainer's `trainer/started_at` / `trainer/published_at`), validations
 included; TRL's clock is training only (its evaluations excluded), which favours TRL. Per arm: time and
 steps (batches of 2 optimizer steps) to each target, the median wall time a step, and for dapo the
@@ -42,6 +46,8 @@ SERVICE_PATHS = [ROOT, *(ROOT / "services" / s for s in ("controller", "reward",
 DAPO_ARMS: dict[str, list[str]] = {
     "sync": ["grpo.max_staleness=0"],
     "async": ["grpo.max_staleness=1"],
+    # TRL's step exactly: one round of 16 prompts, every group kept, no dual clip (not in the default arms).
+    "sync_as_trl": ["grpo.max_staleness=0", "grpo.use_dynamic_sampling=false", "loss_fn.ratio_clip_c=null"],
 }
 
 
@@ -186,7 +192,10 @@ def run_trl(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
             str(ROOT / "bench/bench_trl.py"),
             f"--model={args.model}",
             f"--budget-s={args.trl_budget_s}",
-            f"--eval-every-s={args.trl_eval_every_s}",
+            # On dapo's validation grid (val_period generation batches = 2 x val_period optimizer
+            # steps) unless a period in seconds is asked for: the first crossing of a target depends on it.
+            f"--eval-every-s={args.trl_eval_every_s or 10.0}",
+            f"--eval-every-steps={0 if args.trl_eval_every_s else 2 * args.val_period}",
             f"--seed={seed}",
             f"--out={record_path}",
         ],
@@ -253,7 +262,12 @@ def main() -> None:
     parser.add_argument("--val-period", type=int, default=5)
     parser.add_argument("--targets", default="0.89,0.95")
     parser.add_argument("--trl-budget-s", type=float, default=200.0)
-    parser.add_argument("--trl-eval-every-s", type=float, default=10.0)
+    parser.add_argument(
+        "--trl-eval-every-s",
+        type=float,
+        default=0.0,
+        help="evaluate TRL every N s of training instead of on dapo's --val-period grid (0: the grid)",
+    )
     parser.add_argument("--dapo-override", action="append", default=[], help="extra key=value for dapo arms")
     parser.add_argument("--out", default=str(ROOT / "results/overlap"))
     args = parser.parse_args()

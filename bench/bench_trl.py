@@ -13,7 +13,9 @@ exact match of the stripped answer with the ground truth (what math-verify concl
 
 Held-out greedy accuracy on the first `--num-eval` test problems is measured with the same function
 the dapo run's report uses (`dapo.tiny.evaluate.evaluate_model`, transformers `generate`) every
-`--eval-every-s` seconds of training; the evaluation's own time is NOT counted in TRL's clock (the
+`--eval-every-steps` optimizer steps (the same grid as a dapo run's `grpo.val_period`, which counts
+generation batches of two optimizer steps), or every `--eval-every-s` seconds of training without it;
+the evaluation's own time is NOT counted in TRL's clock (the
 dapo run's clock includes its validation), which favours TRL. Prints one JSON line per evaluation and
 writes the whole record to `--out`.
 """
@@ -44,6 +46,12 @@ def main() -> None:
     )
     parser.add_argument("--budget-s", type=float, default=480.0, help="training wall-clock budget")
     parser.add_argument("--eval-every-s", type=float, default=30.0)
+    parser.add_argument(
+        "--eval-every-steps",
+        type=int,
+        default=0,
+        help="evaluate every N optimizer steps (0: every --eval-every-s)",
+    )
     parser.add_argument("--target", type=float, default=None, help="held-out accuracy to time")
     parser.add_argument("--num-eval", type=int, default=200)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -146,7 +154,12 @@ def main() -> None:
 
         def on_step_end(self, _args, state, control, **kwargs):  # type: ignore[no-untyped-def]
             elapsed = self.training_s()
-            if elapsed >= self.next_eval or elapsed >= args.budget_s:
+            due = (
+                state.global_step % args.eval_every_steps == 0
+                if args.eval_every_steps
+                else elapsed >= self.next_eval
+            )
+            if due or elapsed >= args.budget_s:
                 self.evaluate(state.global_step)
                 self.next_eval += args.eval_every_s
             if elapsed >= args.budget_s:
