@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass(frozen=True)
@@ -25,24 +29,17 @@ class TinyModelArgs:
 
 def make(args: TinyModelArgs) -> int:
     """Build the model (and, unless untrained, its warm start and data); exit status 2 on a bad value."""
-    if args.seed < 0:
-        print(f"dapo make-tiny-model: --seed must be >= 0, got {args.seed}", file=sys.stderr)
-        return 2
     from dapo.tiny.tasks import get_task
 
     threads = get_task(args.task).build_threads if args.threads is None else args.threads
-    if threads < 1:
-        print(f"dapo make-tiny-model: --threads must be >= 1, got {threads}", file=sys.stderr)
-        return 2
-    if args.steps is not None and args.steps < 0:
-        print(f"dapo make-tiny-model: --steps must be >= 0, got {args.steps}", file=sys.stderr)
+    problem = _bad_value(args, threads)
+    if problem is not None:
+        print(f"dapo make-tiny-model: {problem}", file=sys.stderr)
         return 2
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
     if args.untrained:
@@ -52,8 +49,25 @@ def make(args: TinyModelArgs) -> int:
             out = build_untrained_model(args.dir, seed=args.seed)
         console.print(f"untrained tiny model written to {out}")
         return 0
+    _make_warm_started(args, threads, console)
+    return 0
 
+
+def _bad_value(args: TinyModelArgs, threads: int) -> str | None:
+    if args.seed < 0:
+        return f"--seed must be >= 0, got {args.seed}"
+    if threads < 1:
+        return f"--threads must be >= 1, got {threads}"
+    if args.steps is not None and args.steps < 0:
+        return f"--steps must be >= 0, got {args.steps}"
+    return None
+
+
+def _make_warm_started(args: TinyModelArgs, threads: int, console: Console) -> None:
+    """The model, its warm start (progress shown) and data, and a summary of how well it starts."""
     from dataclasses import replace
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from dapo.tiny.sft import default_warm_start, make_tiny_model
 
@@ -86,4 +100,3 @@ def make(args: TinyModelArgs) -> int:
         f"  mixed groups              {report['fraction_mixed_groups']:.0%}\n"
         f"  build time                {report['seconds']} s"
     )
-    return 0
