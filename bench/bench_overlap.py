@@ -194,8 +194,9 @@ def run_trl(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
             f"--budget-s={args.trl_budget_s}",
             # On dapo's validation grid (val_period generation batches = 2 x val_period optimizer
             # steps) unless a period in seconds is asked for: the first crossing of a target depends on it.
-            f"--eval-every-s={args.trl_eval_every_s or 10.0}",
-            f"--eval-every-steps={0 if args.trl_eval_every_s else 2 * args.val_period}",
+            f"--eval-every-s={args.trl_eval_every_s}"
+            if args.trl_eval_every_s
+            else f"--eval-every-steps={2 * args.val_period}",
             f"--seed={seed}",
             f"--out={record_path}",
         ],

@@ -38,9 +38,8 @@ def is_top(name: str) -> bool:
     return any(name == top or name.startswith(top + ".") for top in TOP)
 
 
-def test_the_layers_hold() -> None:
-    found = modules()
-    assert "dapo.launch.launcher" in found and "dapo_trainer.train" in found  # the walk found the tree
+def violations(found: dict[str, set[str]]) -> list[str]:
+    """What breaks the layers in `found` (module -> the modules it imports)."""
     wrong = []
     for name, imports in sorted(found.items()):
         package = name.split(".")[0]
@@ -53,6 +52,13 @@ def test_the_layers_hold() -> None:
             wrong.append(f"{name} (the shared library) imports services {sorted(services)}")
         if package in SERVICES and services - {package}:
             wrong.append(f"{name} imports other services {sorted(services - {package})}")
+    return wrong
+
+
+def test_the_layers_hold() -> None:
+    found = modules()
+    assert "dapo.launch.launcher" in found and "dapo_trainer.train" in found  # the walk found the tree
+    wrong = violations(found)
     assert not wrong, "\n".join(wrong)
 
 
@@ -60,3 +66,15 @@ def test_a_broken_layer_is_seen(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from dapo.launch.launcher import launch\n    import dapo_reward.main\n")
     assert imported(bad) == {"dapo.launch.launcher", "dapo_reward.main"}
+    assert violations(
+        {
+            "dapo.batch": {"dapo_trainer.train"},  # the library importing a service
+            "dapo_reward.main": {"dapo.cli", "dapo_rollout.client"},  # the top; another service
+            "dapo.launch.slurm": {"dapo_controller.settings"},  # the top may
+            "dapo_rollout.engine": {"dapo.weights", "dapo_rollout.settings"},  # itself and the library
+        }
+    ) == [
+        "dapo.batch (the shared library) imports services ['dapo_trainer']",
+        "dapo_reward.main imports the top layer: ['dapo.cli']",
+        "dapo_reward.main imports other services ['dapo_rollout']",
+    ]
