@@ -2,9 +2,9 @@
 then looping over the TrainBatches rank 0 reads.
 
 Per TrainBatch (all ranks unless noted): train (dapo_trainer.step) -> bump the version -> gather the
-full weights -> checkpoint when due -> (rank 0) publish the weights -> SET the version key -> XACK
-the batches the newest checkpoint covers (and trim them from the stream) -> SADD them to the applied
-set -> XADD the metrics.
+full weights -> checkpoint when due -> (rank 0) XACK the batches the newest checkpoint covers (and trim
+them from the stream) -> SADD them to the applied set -> publish the weights -> SET the version key ->
+XADD the metrics.
 A batch is acknowledged only once a committed checkpoint includes it, so after a crash the restored
 checkpoint plus the redelivered batches give the parameters of an uninterrupted run.
 The publish hands the version to the weight outlet's fan-out thread, which sets the version key once
@@ -297,10 +297,10 @@ def apply_batch(run: Run, command: Apply) -> None:
     time_checkpoint = time.perf_counter() - t0
     if run.io is None:
         return
+    if is_due or not config.checkpointing.enabled:
+        _acknowledge(run.io)  # before the version key moves: the stream is trimmed when the next batch comes
     time_publish = _hand_off(run, run.io, full)
     del full
-    if is_due or not config.checkpointing.enabled:
-        _acknowledge(run.io)
     _set_heartbeat(run.links, run.run_id, state)
     times = {
         "time/wait_data": command.wait_s,
