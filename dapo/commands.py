@@ -77,7 +77,15 @@ def service_command(
 
     @functools.wraps(options)
     def command(**kwargs: Any) -> None:
-        raise typer.Exit(serve(resolve(options(**kwargs))))
+        settings = resolve(options(**kwargs))
+        from dapo.rpc import ListenError
+
+        try:
+            code = serve(settings)
+        except ListenError as exc:  # a port taken is the user's to fix: one line, not a traceback
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        raise typer.Exit(code)
 
     return command
 

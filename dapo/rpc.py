@@ -277,15 +277,22 @@ def server_credentials(tls: auth.TlsFiles) -> grpc.ServerCredentials:
     )
 
 
+class ListenError(OSError):
+    """A server could not bind its address: the port is taken, or the address is not this host's."""
+
+
 def listen(server: grpc.Server | grpc.aio.Server, address: str) -> int:
-    """Bind `address` (TLS when configured); return the port. Raises OSError if it cannot listen."""
+    """Bind `address` (TLS when configured); return the port. Raises ListenError if it cannot listen."""
     tls = auth.tls_files()
-    if tls is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, server_credentials(tls))
+    try:
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, server_credentials(tls))
+    except RuntimeError:  # grpc's "Failed to bind" (older releases return 0)
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise ListenError(f"cannot listen on {address}: the port is in use or the address is not this host's")
     host = address.rsplit(":", 1)[0]
     auth.warn_if_exposed(host, f"the gRPC server on {address}", log)
     return int(port)

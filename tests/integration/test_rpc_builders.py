@@ -7,6 +7,9 @@ server answer reflection and health the same way."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -320,3 +323,30 @@ def test_the_rollout_server_answers_reflection_and_health(tmp_path: Path) -> Non
         assert method_names(address, "dapo.v1.Rollout") == ["Generate", "UpdateWeights", "Status"]
         # answered without a token (its state is the receiver's business: no weights yet)
         assert health_status(address) in (SERVING, NOT_SERVING)
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port another socket listens on (without SO_REUSEPORT, so gRPC cannot share it)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield int(holder.getsockname()[1])
+
+
+def test_a_taken_port_is_a_listen_error_naming_the_address(held_port: int) -> None:
+    built = rpc.sync_server([REWARD], max_workers=1)
+    with pytest.raises(
+        rpc.ListenError, match=rf"^cannot listen on 127\.0\.0\.1:{held_port}: the port is in use"
+    ):
+        built.listen(f"127.0.0.1:{held_port}")
+    built.stop(None)
+
+
+def test_a_service_whose_port_is_taken_exits_with_one_line_saying_so(held_port: int) -> None:
+    command = [sys.executable, "-m", "dapo.cli", "reward", "--host", "127.0.0.1"]
+    command += ["--grpc-port", str(held_port), "--http-port", "0", "--workers", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert f"error: cannot listen on 127.0.0.1:{held_port}: the port is in use" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
