@@ -200,18 +200,24 @@ class Launcher:
             cpus=self.cpu_plan.shared,
         )
 
-    def _wait_ready(self, timeout_s: float = 60.0) -> None:
+    def _wait_ready(self, timeout_s: float = 60.0, logs: str | None = None) -> None:
+        """Return once the controller's /readyz answers 200; RuntimeError after `timeout_s` with its last
+        answer (no connection, or why it is not ready) and where its log is (`logs`, default ours)."""
         deadline = time.monotonic() + timeout_s
+        last = "none"
         while time.monotonic() < deadline:
             self.supervise()
             try:
-                if self.http.get(f"{self.controller_url}/readyz", timeout=2).status_code == 200:
+                reply = self.http.get(f"{self.controller_url}/readyz", timeout=2)
+                if reply.status_code == 200:
                     return
-            except httpx.HTTPError:
-                pass
+                last = f"HTTP {reply.status_code} {reply.text[:300]}"
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
             time.sleep(0.5)
         raise RuntimeError(
-            f"the controller did not become ready in {timeout_s:.0f} s; see {self.work_dir / 'services'}"
+            f"the controller at {self.controller_url} did not become ready in {timeout_s:.0f} s "
+            f"(its last answer: {last}); see {logs or self.work_dir / 'services'}"
         )
 
     def supervise(self) -> None:
@@ -496,7 +502,9 @@ def launch(mode: str, config_path: str | None, overrides: list[str]) -> int:
     try:
         if attached:
             launcher.controller_url = attached.rstrip("/")
-            launcher._wait_ready(ATTACH_READY_TIMEOUT_S)
+            launcher._wait_ready(
+                ATTACH_READY_TIMEOUT_S, logs="the controller's log (under Slurm: the job folder)"
+            )
         else:
             launcher.start()
         if mode == "up":

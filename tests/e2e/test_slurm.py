@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from dapo.launch import slurm
 from tests.conftest import missing
 from tests.e2e.slurm_cluster import SlurmCluster, why_not
 from tests.e2e.test_cli_run import check_succeeded_run
@@ -59,14 +61,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
 
 
 def free_port_block(size: int = 40) -> int:
-    """The first of `size` consecutive free ports (the job's services count theirs from it)."""
+    """The first of `size` consecutive free ports (the job's services count theirs from it), below the
+    ephemeral range: from inside it, any outgoing connection (vLLM's, torchrun's) may take one of them
+    before its service binds it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + size < 65535 and all(_free(p) for p in range(base, base + size)):
+        base = random.randrange(10_000, low - size)
+        if all(_free(p) for p in range(base, base + size)):
             return base
-    raise RuntimeError(f"no {size} consecutive free ports")
+    raise RuntimeError(f"no {size} consecutive free ports below {low}")
 
 
 def _free(port: int) -> bool:
@@ -92,10 +95,15 @@ def overrides(work: Path, *extra: str) -> list[str]:
 
 
 def sbatch(
-    cluster: SlurmCluster, nodes: int, work: Path, settings: list[str]
+    cluster: SlurmCluster,
+    nodes: int,
+    work: Path,
+    settings: list[str],
+    port_base: int | None = None,
+    command: str | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """Submit dapo.sub with CONFIG and OVERRIDES as a user would, wait for the job; (reply, job folder).
-    The reply's return code is the job's exit code, its stdout the job's output file."""
+    """Submit dapo.sub with CONFIG and OVERRIDES (and COMMAND) as a user would, wait for the job;
+    (reply, job folder). The reply's return code is the job's exit code, its stdout the job's output."""
     work.mkdir(parents=True, exist_ok=True)
     job_dir = work / "job"
     env = {
@@ -104,10 +112,11 @@ def sbatch(
         "CONFIG": CONFIG,
         "OVERRIDES": " ".join(settings),
         "DAPO_PYTHON": sys.executable,
-        "DAPO_PORT_BASE": str(free_port_block()),
+        "DAPO_PORT_BASE": str(port_base or free_port_block()),
         "DAPO_JOB_DIR": str(job_dir),
         "OMP_NUM_THREADS": "1",
         "COLUMNS": "200",
+        **({"COMMAND": command} if command else {}),
     }
     output = work / "slurm.out"
     submitted = subprocess.run(
@@ -190,6 +199,29 @@ def test_a_job_whose_run_fails_fails_with_the_reason(cluster: SlurmCluster, tmp_
     assert reply.returncode != 0, reply.stdout[-3000:]
     assert re.search(r"^run \S+ failed: .*no-such-train\.jsonl", reply.stdout, re.M), reply.stdout[-3000:]
     assert re.search(r"^dapo\.sub: the command exited with [1-9]", reply.stdout, re.M), reply.stdout[-3000:]
+
+
+def test_a_service_that_died_is_named_with_the_end_of_its_log(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """The reward service cannot bind its gRPC port (the test holds it): when the job's command then fails,
+    the job's output names the reward service and shows how its log ends."""
+    base = free_port_block()
+    port = base + slurm.REWARD_GRPC
+    # The command waits for the reward service to fail, then fails itself.
+    command = (
+        'for _ in $(seq 120); do grep -q "cannot listen" "$DAPO_JOB_DIR/reward.log" && break; sleep 1; done; '
+    )
+    command += "sleep 3; exit 3"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        reply, job_dir = sbatch(cluster, 1, tmp_path, overrides(tmp_path), port_base=base, command=command)
+    assert reply.returncode == 3, reply.stdout[-3000:]
+    named = f"dapo.sub: reward had exited before the command ended; its log ({job_dir}/reward.log) ends with:"
+    assert named in reply.stdout, reply.stdout[-3000:]
+    assert f"  error: cannot listen on 127.0.0.1:{port}: the port is in use" in reply.stdout, reply.stdout[
+        -3000:
+    ]
+    assert "dapo.sub: controller had exited" not in reply.stdout  # the others still ran
 
 
 def test_a_job_on_fewer_nodes_than_the_config_fails_before_any_service_starts(

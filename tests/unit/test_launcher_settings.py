@@ -83,7 +83,7 @@ def test_the_launcher_starts_each_service_with_its_settings_file(
 ) -> None:
     started: list[ServiceProcess] = []
     monkeypatch.setattr(ServiceProcess, "start", lambda self: started.append(self))
-    monkeypatch.setattr(Launcher, "_wait_ready", lambda self, timeout_s=60.0: None)
+    monkeypatch.setattr(Launcher, "_wait_ready", lambda self, timeout_s=60.0, logs=None: None)
     monkeypatch.delenv("REDIS_URL", raising=False)
     config = load_config(
         TINY, ["services.redis_url=redis://:secret@127.0.0.1:1/0", "cluster.num_rollout_servers=2"]
