@@ -131,7 +131,15 @@ def sbatch(
     job_id = submitted.stdout.strip().split(";")[0]
     code = wait_for_job(job_id, env)
     job_output = output.read_text(errors="replace") if output.exists() else ""
+    print_log_tails(job_dir)
     return subprocess.CompletedProcess(submitted.args, code, job_output, submitted.stderr), job_dir
+
+
+def print_log_tails(job_dir: Path, lines: int = 30) -> None:
+    """The end of every service's log, on stdout: pytest shows it when the test fails."""
+    for log in sorted(job_dir.glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        print(f"--- {log.name} ends with:", *tail, sep="\n")
 
 
 def wait_for_job(job_id: str, env: dict[str, str]) -> int:
