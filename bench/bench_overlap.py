@@ -17,10 +17,11 @@ One script run, arms interleaved seed by seed so that a busy machine slows them 
 
 Both dapo arms validate every `--val-period` steps (200 held-out problems, greedy) and checkpoint
 nothing; TRL evaluates on the same grid (every 2 x `--val-period` optimizer steps: the first crossing of
-a noisy target depends on the grid, so both arms must share it). dapo's clock runs from the start of the first training batch to the publication of the version
-a validation measured (the trainer's `trainer/started_at` / `trainer/published_at`), validations
-included; TRL's clock is training only (its evaluations excluded), which favours TRL. Per arm: time and
-steps (batches of 2 optimizer steps) to each target, the median wall time a step, and for dapo the
+a noisy target depends on the grid, so both arms must share it). dapo's clock runs from the start of the
+first training batch to the publication of the version a validation measured (the trainer's
+`trainer/started_at` / `trainer/published_at`), validations included; TRL's clock is training only
+(its evaluations excluded), which favours TRL. Per arm: time and steps (batches of 2 optimizer steps) to
+each target, the median wall time a step, and for dapo the
 medians of generation (controller: generate + score), training (trainer: forward, backward, optimizer,
 gather, publish) and the trainer's wait for a batch, measured in the same run, with step / max(gen, train).
 """

@@ -223,12 +223,11 @@ def test_a_service_that_died_is_named_with_the_end_of_its_log(cluster: SlurmClus
         holder.bind(("127.0.0.1", port))
         holder.listen()
         reply, job_dir = sbatch(cluster, 1, tmp_path, overrides(tmp_path), port_base=base, command=command)
-    assert reply.returncode == 3, reply.stdout[-3000:]
+    end = reply.stdout[-3000:]
+    assert reply.returncode == 3, end
     named = f"dapo.sub: reward had exited before the command ended; its log ({job_dir}/reward.log) ends with:"
-    assert named in reply.stdout, reply.stdout[-3000:]
-    assert f"  error: cannot listen on 127.0.0.1:{port}: the port is in use" in reply.stdout, reply.stdout[
-        -3000:
-    ]
+    assert named in reply.stdout, end
+    assert f"  error: cannot listen on 127.0.0.1:{port}: the port is in use" in reply.stdout, end
     assert "dapo.sub: controller had exited" not in reply.stdout  # the others still ran
 
 
